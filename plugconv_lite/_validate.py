@@ -1,0 +1,94 @@
+"""Hyperparameter validation shared by every module.
+
+Each helper raises ``ValueError`` with the parameter's name, its value and the rule it broke, e.g.
+``groups=3 must divide in_channels=64``. Modules call these in ``__init__`` so a bad configuration fails at
+construction, never as a shape error deep inside ``forward``.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Iterable, Sequence
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, *, min_value: int | None = None, max_value: int | None = None) -> int:
+    """Return ``value`` as an int if it is an integer within ``[min_value, max_value]``."""
+    if not _is_int(value):
+        raise ValueError(f"{name}={value!r} must be an integer")
+    if min_value is not None and value < min_value:
+        raise ValueError(f"{name}={value} must be >= {min_value}")
+    if max_value is not None and value > max_value:
+        raise ValueError(f"{name}={value} must be <= {max_value}")
+    return int(value)
+
+
+def check_float(name: str, value, *, min_value: float | None = None, max_value: float | None = None,
+                min_inclusive: bool = True) -> float:
+    """Return ``value`` as a float if it is a real number in range."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be a real number")
+    value = float(value)
+    if min_value is not None:
+        if min_inclusive and value < min_value:
+            raise ValueError(f"{name}={value} must be >= {min_value}")
+        if not min_inclusive and value <= min_value:
+            raise ValueError(f"{name}={value} must be > {min_value}")
+    if max_value is not None and value > max_value:
+        raise ValueError(f"{name}={value} must be <= {max_value}")
+    return value
+
+
+def check_divides(divisor_name: str, divisor: int, name: str, value: int) -> None:
+    """Raise unless ``divisor`` divides ``value`` ("groups=3 must divide in_channels=64")."""
+    if divisor <= 0 or value % divisor != 0:
+        raise ValueError(f"{divisor_name}={divisor} must divide {name}={value}")
+
+
+def check_choice(name: str, value, choices: Iterable) -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} must be one of {choices}")
+
+
+def check_odd(name: str, value: int) -> int:
+    value = check_int(name, value, min_value=1)
+    if value % 2 == 0:
+        raise ValueError(f"{name}={value} must be odd")
+    return value
+
+
+def pair(name: str, value, *, min_value: int | None = 1) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to ``(h, w)``, validating both entries."""
+    if _is_int(value):
+        value = (value, value)
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise ValueError(f"{name}={value!r} must be an int or a pair of ints")
+    h = check_int(f"{name}[0]", value[0], min_value=min_value)
+    w = check_int(f"{name}[1]", value[1], min_value=min_value)
+    return h, w
+
+
+def check_same_length(name_a: str, a: Sequence, name_b: str, b: Sequence) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{name_a} (length {len(a)}) and {name_b} (length {len(b)}) must have the same length")
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to a multiple of ``divisor`` (at least ``min_value``), never more than 10% below it.
+
+    Used for reduced widths (``channels / reduction``) so that a 16-channel CIFAR layer never gets a zero- or
+    one-unit bottleneck.
+    """
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < round_limit * value:
+        new += divisor
+    return new
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """Spatial output size of a convolution (PyTorch's formula)."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1

@@ -1,0 +1,3 @@
+"""Whole residual / mobile blocks (the ``block`` contract): ``(in_channels, out_channels, stride=1, **hparams)``."""
+
+__all__: list[str] = []

@@ -1,0 +1,4 @@
+"""Drop-in replacements for a k x k ``nn.Conv2d`` (the ``conv`` contract)."""
+from .base import Conv2d, ConvArgs, ConvBase, conv_args, same_padding
+
+__all__ = ["Conv2d", "ConvArgs", "ConvBase", "conv_args", "same_padding"]

@@ -1,0 +1,167 @@
+"""Cost of a model: parameters, FLOPs, latency, peak memory.
+
+FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: it counts convolutions and matrix products (einsum
+included, through the matmuls it lowers to) as 2 x multiply-accumulates, and ignores element-wise work (activations,
+BN, gates, pooling). Latency is the median of repeated timings after a warm-up, with the inter-quartile range
+(CUDA events on a GPU, ``perf_counter`` on a CPU). Peak memory is measured on CUDA only (NaN on a CPU).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class Measurement:
+    params: int
+    flops: int                  # forward FLOPs for the whole input batch (2 x MACs, conv/matmul only)
+    latency_ms: float           # median forward time for the whole batch
+    latency_iqr_ms: float
+    peak_memory_mb: float       # CUDA forward peak for this batch; NaN on a CPU
+    batch_size: int
+    device: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (buffers, such as DO-Conv's frozen identity, are not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _device_of(model: nn.Module, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def count_flops(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> int:
+    """Forward FLOPs of ``model`` on a zero input of ``input_size`` (eval mode, no grad)."""
+    device = _device_of(model, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(input_size, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def latency(model: nn.Module, input_size=(1, 3, 32, 32), device=None, warmup: int = 10, repeats: int = 50,
+            channels_last: Optional[bool] = None) -> tuple[float, float, np.ndarray]:
+    """(median ms, IQR ms, all samples ms) of an eval-mode forward pass on ``input_size``."""
+    device = _device_of(model, device)
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(input_size, device=device).contiguous(memory_format=fmt)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            _sync(device)
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    model(x)
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+                else:
+                    t0 = time.perf_counter()
+                    model(x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        model.train(was_training)
+    t = np.asarray(times)
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    return float(med), float(q3 - q1), t
+
+
+def peak_memory_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> float:
+    """Peak CUDA memory (MB) of an eval forward pass, weights included; NaN off CUDA."""
+    device = _device_of(model, device)
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        model.eval()(torch.zeros(input_size, device=device))
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20
+
+
+def measure(model: nn.Module, input_size=(1, 3, 32, 32), device=None, warmup: int = 10, repeats: int = 50,
+            timing: bool = True) -> Measurement:
+    """Parameters, FLOPs, latency (median and IQR) and peak memory of ``model`` on ``input_size``.
+
+    ``device`` moves the model there first (default: where its parameters are). ``timing=False`` skips the
+    latency measurement (NaN), for when only the arithmetic is wanted.
+    """
+    device = _device_of(model, device)
+    model = model.to(device)
+    med = iqr = float("nan")
+    if timing:
+        med, iqr, _ = latency(model, input_size, device, warmup, repeats)
+    return Measurement(count_params(model), count_flops(model, input_size, device), med, iqr,
+                       peak_memory_mb(model, input_size, device), int(input_size[0]), str(device))
+
+
+def compare(models: Mapping[str, nn.Module], baseline: Optional[str] = None, input_size=(1, 3, 32, 32), device=None,
+            warmup: int = 10, repeats: int = 50, timing: bool = True):
+    """A pandas DataFrame of ``measure`` for each named model, with ratios against ``baseline`` (default: first).
+
+    Models are timed in interleaved rounds so that a machine slowing down affects all of them alike.
+    """
+    import pandas as pd
+
+    if not models:
+        raise ValueError("models must hold at least one model")
+    names = list(models)
+    baseline = names[0] if baseline is None else baseline
+    if baseline not in models:
+        raise ValueError(f"baseline={baseline!r} must be one of {names}")
+    rows = {n: measure(m, input_size, device, timing=False) for n, m in models.items()}
+    if timing:
+        samples = {n: [] for n in names}
+        rounds = 5
+        for _ in range(rounds):
+            for n in names:
+                samples[n].extend(latency(models[n], input_size, device, warmup if not samples[n] else 2,
+                                          max(1, repeats // rounds))[2])
+        for n in names:
+            q1, med, q3 = np.percentile(samples[n], [25, 50, 75])
+            rows[n].latency_ms, rows[n].latency_iqr_ms = float(med), float(q3 - q1)
+    df = pd.DataFrame({n: r.as_dict() for n, r in rows.items()}).T
+    df = df.astype({"params": int, "flops": int, "latency_ms": float, "latency_iqr_ms": float,
+                    "peak_memory_mb": float, "batch_size": int})
+    df.insert(2, "MFLOPs", df["flops"] / 1e6)
+    for col in ("params", "flops", "latency_ms"):
+        df[f"{col}_ratio"] = df[col] / df.loc[baseline, col]
+    df.index.name = "model"
+    return df
+
+
+def summary(model: nn.Module, input_size=(1, 3, 32, 32), depth: int = 3, **kw) -> str:
+    """A human-readable layer table (torchinfo)."""
+    from torchinfo import summary as _summary
+
+    return str(_summary(model, input_size=input_size, depth=depth, verbose=0,
+                        col_names=("output_size", "num_params", "mult_adds"), **kw))

@@ -1,0 +1,134 @@
+"""How a model builder asks for the module at each plug point.
+
+A ``PlugSite`` describes one place in a network where a conv, an attention module or a block goes: its name, its
+role, its channels, stride and the feature-map size it sees (for a 32 x 32 input). Builders hand the site to a
+``Plugs`` object, which returns the plain layer or the plugged one.
+
+A registered module may define a classmethod ``from_site(site, **kw)``; it is then built from the site, which is how
+position-dependent modules are configured (PyConv's kernel pyramid follows the feature-map size, IC-Conv takes one
+dilation pattern per layer). ``conv_kw`` / ``attn_kw`` / ``block_kw`` may also be a callable ``site -> dict``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Union
+
+import torch.nn as nn
+
+from .._validate import conv_output_size
+from ..conv.base import Conv2d
+from ..registry import resolve
+
+
+@dataclass(frozen=True)
+class PlugSite:
+    name: str                      # dotted module name in the model, e.g. "layer2.0.conv1"
+    role: str                      # "stem", "conv1", "conv2", "shortcut", "dw", "attn", "block", "conv" ...
+    in_channels: int
+    out_channels: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: Optional[int] = None
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = False
+    stage: int = -1                # 0-based stage index; -1 outside the stages (stem, head) or unknown
+    block: int = -1                # block index inside the stage
+    resolution: Optional[int] = None   # input H (= W) at this site for a 32 x 32 image; None if unknown
+
+    @property
+    def out_resolution(self) -> Optional[int]:
+        if self.resolution is None:
+            return None
+        pad = self.dilation * (self.kernel_size - 1) // 2 if self.padding is None else self.padding
+        return conv_output_size(self.resolution, self.kernel_size, self.stride, pad, self.dilation)
+
+    def child(self, **changes) -> "PlugSite":
+        return replace(self, **changes)
+
+
+Where = Union[None, str, Callable[[PlugSite], bool]]
+_WHERE_PRESETS: dict[str, Callable[[PlugSite], bool]] = {
+    # the default: k x k convs (k > 1) in the blocks; never the stem, never a 1x1 projection
+    "kxk": lambda s: s.kernel_size > 1 and s.role != "stem",
+    "strided": lambda s: s.stride > 1,
+    "unstrided": lambda s: s.stride == 1 and s.kernel_size > 1 and s.role != "stem",
+    "all": lambda s: True,
+}
+
+
+def where_predicate(where: Where) -> Callable[[PlugSite], bool]:
+    if where is None:
+        return _WHERE_PRESETS["kxk"]
+    if isinstance(where, str):
+        if where not in _WHERE_PRESETS:
+            raise ValueError(f"conv_where={where!r} must be a callable or one of {sorted(_WHERE_PRESETS)}")
+        return _WHERE_PRESETS[where]
+    if callable(where):
+        return where
+    raise ValueError(f"conv_where={where!r} must be None, a preset name or a callable(site) -> bool")
+
+
+def _kwargs(kw, site: PlugSite, what: str) -> dict:
+    if kw is None:
+        return {}
+    if callable(kw):
+        kw = kw(site)
+    if not isinstance(kw, dict):
+        raise ValueError(f"{what}={kw!r} must be a dict or a callable(site) -> dict")
+    return dict(kw)
+
+
+def build_conv(factory, site: PlugSite, kw: dict) -> nn.Module:
+    """Build a conv-contract module for ``site`` (``from_site`` if the factory has one)."""
+    if hasattr(factory, "from_site"):
+        return factory.from_site(site, **kw)
+    return factory(site.in_channels, site.out_channels, site.kernel_size, stride=site.stride, padding=site.padding,
+                   dilation=site.dilation, groups=site.groups, bias=site.bias, **kw)
+
+
+def plain_conv(site: PlugSite) -> nn.Conv2d:
+    """The model's own conv at ``site`` (Kaiming-normal fan-out init, as torchvision's ResNet)."""
+    conv = Conv2d(site.in_channels, site.out_channels, site.kernel_size, site.stride, site.padding, site.dilation,
+                  site.groups, site.bias)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+class Plugs:
+    """The plug configuration of one model: which conv / attention / block goes where."""
+
+    def __init__(self, conv=None, attn=None, block=None, conv_kw=None, attn_kw=None, block_kw=None,
+                 conv_where: Where = None):
+        self.conv_factory = None if conv is None else resolve(conv, "conv")
+        self.attn_factory = None if attn is None else resolve(attn, "attention")
+        self.block_factory = None if block is None else resolve(block, "block")
+        self.conv_kw, self.attn_kw, self.block_kw = conv_kw, attn_kw, block_kw
+        self.conv_where = where_predicate(conv_where)
+        self.sites: list[PlugSite] = []     # every site the builder asked about, plugged or not
+
+    def conv(self, site: PlugSite) -> nn.Module:
+        self.sites.append(site)
+        if self.conv_factory is None or not self.conv_where(site):
+            return plain_conv(site)
+        return build_conv(self.conv_factory, site, _kwargs(self.conv_kw, site, "conv_kw"))
+
+    def attn(self, site: PlugSite) -> Optional[nn.Module]:
+        if self.attn_factory is None:
+            return None
+        self.sites.append(site)
+        kw = _kwargs(self.attn_kw, site, "attn_kw")
+        if hasattr(self.attn_factory, "from_site"):
+            return self.attn_factory.from_site(site, **kw)
+        return self.attn_factory(site.out_channels, **kw)
+
+    def block(self, site: PlugSite, **defaults) -> Optional[nn.Module]:
+        """The plugged block for ``site``, or None for the model's own; ``defaults`` are the model's block
+        settings at this site (e.g. MobileNetV2's ``expand_ratio``), overridable through ``block_kw``."""
+        if self.block_factory is None:
+            return None
+        self.sites.append(site)
+        kw = {**defaults, **_kwargs(self.block_kw, site, "block_kw")}
+        if hasattr(self.block_factory, "from_site"):
+            return self.block_factory.from_site(site, **kw)
+        return self.block_factory(site.in_channels, site.out_channels, stride=site.stride, **kw)

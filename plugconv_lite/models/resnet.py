@@ -1,0 +1,121 @@
+"""CIFAR ResNets with plug points. He, Zhang, Ren, Sun: "Deep Residual Learning for Image Recognition", CVPR 2016,
+arXiv 1512.03385.
+
+``resnet18``: the ImageNet ResNet-18 adapted to 32 x 32 inputs (3x3 stem, stride 1, no max-pool; stages at 32, 16,
+8, 4 pixels). ``resnet20`` / ``resnet56``: the paper's CIFAR networks (16-32-64 channels, 3 stages). All shortcuts
+that change shape are a strided 1x1 conv + BN ("option B"; the paper's CIFAR nets used zero-padding "option A").
+
+Plug points: ``conv=`` replaces the k x k convs in the residual blocks, ``attn=`` sits on the residual branch after
+its last BN and before the addition (SE's standard position), ``block=`` replaces the whole block.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .._validate import check_int
+from .plugs import PlugSite, Plugs, plain_conv
+
+
+class BasicBlock(nn.Module):
+    """relu(BN(conv2(relu(BN(conv1(x))))) [-> attn] + shortcut(x))."""
+
+    def __init__(self, site: PlugSite, plugs: Plugs):
+        super().__init__()
+        c_in, c_out, s, r = site.in_channels, site.out_channels, site.stride, site.resolution
+        conv1 = site.child(name=f"{site.name}.conv1", role="conv1", kernel_size=3)
+        self.conv1 = plugs.conv(conv1)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = plugs.conv(site.child(name=f"{site.name}.conv2", role="conv2", in_channels=c_out, stride=1,
+                                           kernel_size=3, resolution=conv1.out_resolution))
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.attn = plugs.attn(site.child(name=f"{site.name}.attn", role="attn", in_channels=c_out, stride=1,
+                                          resolution=conv1.out_resolution)) or nn.Identity()
+        self.shortcut = nn.Identity()
+        if s != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                plugs.conv(site.child(name=f"{site.name}.shortcut.0", role="shortcut", kernel_size=1, padding=0,
+                                      resolution=r)),
+                nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.attn(self.bn2(self.conv2(out)))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """Stem (3x3 conv, BN, ReLU) -> stages of residual blocks -> global average pool -> linear classifier."""
+
+    def __init__(self, layers: Sequence[int], widths: Sequence[int], num_classes: int = 100, conv=None, attn=None,
+                 block=None, conv_kw=None, attn_kw=None, block_kw=None, conv_where=None, in_channels: int = 3,
+                 image_size: int = 32):
+        super().__init__()
+        if len(layers) != len(widths):
+            raise ValueError(f"layers (length {len(layers)}) and widths (length {len(widths)}) must match")
+        for i, (n, w) in enumerate(zip(layers, widths)):
+            check_int(f"layers[{i}]", n, min_value=1)
+            check_int(f"widths[{i}]", w, min_value=1)
+        check_int("num_classes", num_classes, min_value=1)
+        self.plugs = plugs = Plugs(conv, attn, block, conv_kw, attn_kw, block_kw, conv_where)
+        self.stem = nn.Sequential(
+            plain_conv(PlugSite("stem.0", "stem", in_channels, widths[0], 3, resolution=image_size)),
+            nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        c_in, res = widths[0], image_size
+        stages = []
+        for i, (n, c_out) in enumerate(zip(layers, widths)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (j == 0 and i > 0) else 1
+                site = PlugSite(f"layer{i + 1}.{j}", "block", c_in, c_out, 3, stride, stage=i, block=j,
+                                resolution=res)
+                blocks.append(plugs.block(site) or BasicBlock(site, plugs))
+                c_in, res = c_out, site.out_resolution
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages[0], stages[1], stages[2]
+        if len(stages) > 3:
+            self.layer4 = stages[3]
+        self.stages = len(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    @property
+    def sites(self) -> list[PlugSite]:
+        """Every plug site the builder visited (plugged or not), in construction order."""
+        return list(self.plugs.sites)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i in range(self.stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def resnet18(num_classes: int = 100, width: int = 64, conv=None, attn=None, block=None, conv_kw=None, attn_kw=None,
+             block_kw=None, conv_where=None) -> CifarResNet:
+    """CIFAR ResNet-18: stages of 2 BasicBlocks at widths (w, 2w, 4w, 8w); 11.2M parameters at w=64."""
+    check_int("width", width, min_value=1)
+    return CifarResNet([2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], num_classes, conv, attn, block,
+                       conv_kw, attn_kw, block_kw, conv_where)
+
+
+def _cifar_resnet(depth: int, num_classes, width, **kw) -> CifarResNet:
+    n = (depth - 2) // 6
+    check_int("width", width, min_value=1)
+    return CifarResNet([n, n, n], [width, 2 * width, 4 * width], num_classes, **kw)
+
+
+def resnet20(num_classes: int = 100, width: int = 16, **kw) -> CifarResNet:
+    """He et al.'s CIFAR ResNet-20 (3 stages of 3 BasicBlocks, 16-32-64 channels)."""
+    return _cifar_resnet(20, num_classes, width, **kw)
+
+
+def resnet56(num_classes: int = 100, width: int = 16, **kw) -> CifarResNet:
+    """He et al.'s CIFAR ResNet-56 (3 stages of 9 BasicBlocks, 16-32-64 channels)."""
+    return _cifar_resnet(56, num_classes, width, **kw)

@@ -1,0 +1,101 @@
+"""The module registry: models and surgery name modules instead of importing them.
+
+``@register("se", "attention", paper="Squeeze-and-Excitation Networks", year=2018, arxiv="1709.01507")`` on a class
+(or factory) makes ``create("se", 64)`` build it and ``available("attention")`` list it. Three kinds exist, each with
+a constructor contract (see DESIGN.md):
+
+* ``conv``: ``(in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1, groups=1, bias=False,
+  **hparams)``, a drop-in for a k x k ``nn.Conv2d``;
+* ``attention``: ``(channels, **hparams)``, shape in = shape out;
+* ``block``: ``(in_channels, out_channels, stride=1, **hparams)``, a residual block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch.nn as nn
+
+KINDS = ("conv", "attention", "block")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str
+    factory: Callable[..., nn.Module]
+    paper: Optional[str] = None
+    year: Optional[int] = None
+    arxiv: Optional[str] = None
+    url: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def citation(self) -> str:
+        parts = [p for p in (self.paper, str(self.year) if self.year else None,
+                             f"arXiv:{self.arxiv}" if self.arxiv else None) if p]
+        return ", ".join(parts)
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, kind: str, *, paper: str | None = None, year: int | None = None,
+             arxiv: str | None = None, url: str | None = None, **extra):
+    """Class/function decorator that registers a module factory under ``name``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {list(KINDS)}")
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise ValueError(f"name={name!r} must be a non-empty lower-case string")
+
+    def decorator(factory):
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"name={name!r} is already registered to {_REGISTRY[name].factory!r}")
+        _REGISTRY[name] = Entry(name, kind, factory, paper, year, arxiv, url, dict(extra))
+        factory.registry_name = name
+        return factory
+
+    return decorator
+
+
+def available(kind: str | None = None) -> list[str]:
+    """Sorted names of the registered modules, optionally of one kind."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind={kind!r} must be one of {list(KINDS)} or None")
+    return sorted(n for n, e in _REGISTRY.items() if kind is None or e.kind == kind)
+
+
+def get(name: str, kind: str | None = None) -> Entry:
+    """The registry entry for ``name``; an unknown name raises ``ValueError`` listing the valid ones."""
+    entry = _REGISTRY.get(name)
+    if entry is None or (kind is not None and entry.kind != kind):
+        what = f"{kind} module" if kind else "module"
+        raise ValueError(f"unknown {what} {name!r}; valid names: {', '.join(available(kind))}")
+    return entry
+
+
+def create(name: str, *args, **kwargs) -> nn.Module:
+    """Build the registered module ``name`` with the given constructor arguments."""
+    return get(name).factory(*args, **kwargs)
+
+
+def resolve(name_or_factory, kind: str) -> Callable[..., nn.Module]:
+    """A registry name or a callable -> the callable that builds the module."""
+    if isinstance(name_or_factory, str):
+        return get(name_or_factory, kind).factory
+    if callable(name_or_factory):
+        return name_or_factory
+    raise ValueError(f"{kind}={name_or_factory!r} must be a registered {kind} name or a callable")
+
+
+def progress_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules whose behaviour follows the training schedule (they define ``set_progress(p)``)."""
+    return [m for m in model.modules() if callable(getattr(m, "set_progress", None))]
+
+
+def set_progress(model: nn.Module, p: float) -> None:
+    """Call ``set_progress(p)`` (p in [0, 1]) on every module of ``model`` that has it."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p={p} must be in [0, 1]")
+    for m in progress_modules(model):
+        m.set_progress(p)

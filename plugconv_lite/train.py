@@ -1,0 +1,193 @@
+"""The training loop: one recipe for every chapter and every profile.
+
+Speed, and why each trick is here:
+- the dataset lives on the device as uint8 and is augmented there (``data.DeviceLoader``): no CPU data pipeline;
+- channels_last + bf16 autocast on a GPU: convolutions run on tensor cores without layout transposes;
+- the loss and accuracy are accumulated as device tensors and read once per epoch: no host sync per step;
+- optional ``torch.compile`` (full profile) fuses the element-wise work around the convolutions.
+
+Robustness: a checkpoint is written atomically after every epoch; calling ``train`` again with the same checkpoint
+path resumes from it, and the resumed run ends with the same weights as an uninterrupted one (data order and
+augmentation are functions of (seed, epoch) only).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import Dataset, DeviceLoader
+from .profiles import Profile
+from .registry import set_progress
+
+CHECKPOINT_VERSION = 1
+
+
+def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight tensors (ndim >= 2: conv/linear kernels, DO-Conv's D); none on BN and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, dtype: Optional[torch.dtype] = None) -> dict:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy on ``loader``."""
+    model.eval()
+    device = loader.x.device
+    correct1 = torch.zeros((), device=device)
+    correct5 = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    for xb, yb in loader.epoch():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(xb)
+        out = out.float()
+        loss_sum += F.cross_entropy(out, yb, reduction="sum")
+        top5 = out.topk(min(5, out.shape[1]), dim=1).indices
+        correct1 += (top5[:, 0] == yb).sum()
+        correct5 += (top5 == yb[:, None]).any(dim=1).sum()
+        n += len(yb)
+    return {"test_top1": 100 * correct1.item() / n, "test_top5": 100 * correct5.item() / n,
+            "test_loss": loss_sum.item() / n}
+
+
+def _fingerprint(profile: Profile, seed: int, model: nn.Module) -> dict:
+    return {"recipe": profile.recipe(), "seed": seed, "model": type(model).__name__,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, device=None,
+          checkpoint: Optional[Path] = None, progress: bool = True,
+          on_step: Optional[Callable[[int], None]] = None) -> list[dict]:
+    """Train ``model`` on ``data`` with ``profile``'s recipe; returns the per-epoch history.
+
+    ``data`` should already be the subset the profile asks for (``experiments`` takes care of that). With
+    ``checkpoint`` the state is saved atomically after every epoch and an existing checkpoint is resumed.
+    ``on_step(step)`` is called after every optimizer step (tests use it to interrupt a run).
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    channels_last = cuda and profile.channels_last
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    dtype = amp_dtype(device, profile.amp)
+    data = data.to(device)
+    train_loader = DeviceLoader(data.train_x, data.train_y, profile.batch_size, train=True, seed=seed,
+                                channels_last=channels_last)
+    test_loader = DeviceLoader(data.test_x, data.test_y, 1000, train=False, channels_last=channels_last)
+    if len(train_loader) == 0:
+        raise ValueError(f"batch_size={profile.batch_size} must be <= the {len(data.train_y)} training images")
+    steps_per_epoch = len(train_loader)
+    total_steps = profile.epochs * steps_per_epoch
+    warmup_steps = round(profile.warmup_epochs * steps_per_epoch)
+
+    optimizer = torch.optim.SGD(param_groups(model, profile.weight_decay), lr=profile.lr,
+                                momentum=profile.momentum, nesterov=profile.nesterov)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    criterion = nn.CrossEntropyLoss(label_smoothing=profile.label_smoothing)
+    step_model = torch.compile(model) if (profile.compile and cuda) else model
+
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    fingerprint = _fingerprint(profile, seed, model)
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
+            raise ValueError(f"checkpoint {checkpoint} was written by a different run configuration; delete it to "
+                             "start afresh")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch, step = state["history"], state["epoch"], state["step"]
+        if progress:
+            print(f"resumed from {checkpoint} after epoch {start_epoch}/{profile.epochs}")
+
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps, initial=step, unit="step", leave=False)
+    for epoch in range(start_epoch, profile.epochs):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for xb, yb in train_loader.epoch(epoch):
+            set_progress(model, step / total_steps)
+            lr = lr_at(step, total_steps, profile.lr, warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = step_model(xb)
+                loss = criterion(out, yb)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss.detach() * len(yb)
+            correct += (out.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if on_step is not None:
+                on_step(step)
+        if cuda:
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - t0
+        set_progress(model, step / total_steps)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
+               "train_acc": 100 * correct.item() / seen, "train_images": seen, "train_time_s": train_time,
+               "images_per_s": seen / train_time}
+        row.update(evaluate(step_model, test_loader, dtype))
+        history.append(row)
+        if progress:
+            print(f"epoch {epoch + 1:>3}/{profile.epochs}  loss {row['train_loss']:.3f}  "
+                  f"train {row['train_acc']:5.1f}%  test top-1 {row['test_top1']:5.2f}%  "
+                  f"({row['images_per_s']:,.0f} img/s)", flush=True)
+        if checkpoint is not None:
+            atomic_save({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch + 1,
+                         "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict(), "history": history}, checkpoint)
+    if bar is not None:
+        bar.close()
+    return history

@@ -87,8 +87,3 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     if new < round_limit * value:
         new += divisor
     return new
-
-
-def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> int:
-    """Spatial output size of a convolution (PyTorch's formula)."""
-    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1

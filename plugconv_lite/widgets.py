@@ -80,14 +80,17 @@ def explore(render: Callable[..., Any], *, live: bool = False, dpi: int = 72, ma
                                  continuous_update=True, style={"description_width": description_width},
                                  layout=W.Layout(width="420px")) for n in names]
 
+    links = []
+
     def nest(level: int, prefix: tuple):
         """A Stack over the values of ``names[level]``; its children are the Stacks of the next level."""
         if level == len(names):
             return frames[prefix]
         stack = W.Stack([nest(level + 1, prefix + (i,)) for i in range(len(grid[names[level]]))], selected_index=0)
-        W.jslink((sliders[level], "index"), (stack, "selected_index"))
+        links.append(W.jslink((sliders[level], "index"), (stack, "selected_index")))
         return stack
 
     box = W.VBox([*sliders, nest(0, ())])
     box.add_class("plugconv-explore")
+    box.links = links  # the browser-side links (part of the embedded widget state)
     return box

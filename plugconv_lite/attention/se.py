@@ -17,17 +17,20 @@ class SEModule(nn.Module):
     """y = x * s,  s = sigmoid(W2 relu(W1 z + b1) + b2),  z = GAP(x).
 
     Shapes: x (B, C, H, W); z (B, C); W1 (C_r, C); W2 (C, C_r); s (B, C, 1, 1).
-    ``C_r = make_divisible(C / reduction, divisor)``. The paper uses C_r = C / reduction exactly (``divisor=1``);
-    the default ``divisor=8`` keeps CIFAR's 16- and 64-channel layers from getting a 1- or 4-unit bottleneck.
+    ``C_r = make_divisible(C / reduction, divisor)``, or ``hidden`` if given. The paper uses C_r = C / reduction
+    exactly (``divisor=1``); the default ``divisor=8`` keeps CIFAR's 16- and 64-channel layers from getting a 1- or
+    4-unit bottleneck.
     """
 
-    def __init__(self, channels: int, reduction: float = 16, divisor: int = 8, act_layer=nn.ReLU,
-                 gate_layer=nn.Sigmoid):
+    def __init__(self, channels: int, reduction: float = 16, divisor: int = 8, hidden: int | None = None,
+                 act_layer=nn.ReLU, gate_layer=nn.Sigmoid):
         super().__init__()
         self.channels = check_int("channels", channels, min_value=1)
         self.reduction = check_float("reduction", reduction, min_value=1)
         self.divisor = check_int("divisor", divisor, min_value=1)
-        self.hidden = min(channels, make_divisible(channels / reduction, self.divisor))
+        if hidden is None:
+            hidden = min(channels, make_divisible(channels / reduction, self.divisor))
+        self.hidden = check_int("hidden", hidden, min_value=1)
         self.fc1 = nn.Linear(channels, self.hidden)  # W1, b1
         self.act = act_layer()
         self.fc2 = nn.Linear(self.hidden, channels)  # W2, b2

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Union
 
 import torch.nn as nn
 
-from .._validate import conv_output_size
+from ..receptive import conv_output_size
 from ..conv.base import Conv2d
 from ..registry import resolve
 

@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/contract.py
+
+# tests never touch the user's cache: checkpoints and smoke records go to a per-session folder
+os.environ.setdefault("PLUGCONV_CACHE", str(ROOT / ".cache" / "pytest"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _data_root():
+    from plugconv_lite.data import cifar100_available, data_root
+    for cand in (os.environ.get("PLUGCONV_DATA"), ROOT.parent / "shared" / "data"):
+        if cand and cifar100_available(cand):
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def cifar_root():
+    root = _data_root()
+    if root is None:
+        pytest.skip("CIFAR-100 is not present (set PLUGCONV_DATA to the folder holding cifar-100-python/)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar(cifar_root):
+    from plugconv_lite.data import load_cifar100
+    return load_cifar100(cifar_root, download=False)
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(0)

@@ -1,0 +1,56 @@
+"""Contract checks shared by every module's tests (and run over the whole registry in test_contracts.py)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+SIZES = [(1, 1), (2, 3), (7, 5), (8, 8), (17, 9)]
+
+
+def reference_shape(c_out, h, w, k, stride):
+    return tuple(nn.Conv2d(1, c_out, k, stride, k // 2)(torch.zeros(1, 1, h, w)).shape[1:])
+
+
+def check_conv_shapes(factory, c_in=16, c_out=32, k=3, strides=(1, 2), sizes=SIZES, **kw):
+    for s in strides:
+        m = factory(c_in, c_out, k, stride=s, **kw).eval()
+        for h, w in sizes:
+            y = m(torch.randn(2, c_in, h, w))
+            assert tuple(y.shape[1:]) == reference_shape(c_out, h, w, k, s), (s, h, w, tuple(y.shape))
+
+
+def check_attention_shapes(factory, channels=32, sizes=SIZES, **kw):
+    m = factory(channels, **kw).eval()
+    for h, w in sizes:
+        x = torch.randn(2, channels, h, w)
+        assert m(x).shape == x.shape
+
+
+def check_gradients(module: nn.Module, x: torch.Tensor):
+    """Every trainable parameter receives a non-zero gradient, and so does the input."""
+    module.train()
+    x = x.clone().requires_grad_(True)
+    module(x).square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name} got no gradient"
+            assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+def check_compile_and_export(module: nn.Module, x: torch.Tensor, atol=1e-5):
+    """torch.compile (full graph) and torch.export reproduce the eager output."""
+    module.eval()
+    with torch.no_grad():
+        expected = module(x)
+        compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), expected, atol=atol, rtol=1e-4)
+        exported = torch.export.export(module, (x,)).module()
+        torch.testing.assert_close(exported(x), expected, atol=atol, rtol=1e-4)
+
+
+def check_bf16_autocast(module: nn.Module, x: torch.Tensor):
+    module.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(x)
+    assert torch.isfinite(y.float()).all()

@@ -1,0 +1,53 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import plugconv_lite as pl
+from plugconv_lite.measure import count_flops, latency
+
+
+@pytest.mark.parametrize("c_in,c_out,k,groups,stride,h", [(16, 32, 3, 1, 1, 8), (32, 32, 3, 32, 2, 9),
+                                                         (12, 24, 5, 4, 1, 7)])
+def test_conv_flops_are_twice_the_macs(c_in, c_out, k, groups, stride, h):
+    conv = nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False)
+    out = (h + 2 * (k // 2) - k) // stride + 1
+    assert count_flops(conv, (1, c_in, h, h)) == 2 * c_out * out * out * (c_in // groups) * k * k
+    assert pl.count_params(conv) == c_out * c_in // groups * k * k
+
+
+def test_einsum_flops_are_counted():
+    class Einsum(nn.Module):
+        def forward(self, x):
+            return torch.einsum("bij,bjk->bik", x, x)
+
+    assert count_flops(Einsum(), (2, 4, 4)) == 2 * 2 * 4 * 4 * 4
+
+
+def test_params_exclude_buffers_and_can_exclude_frozen():
+    m = nn.Linear(3, 4)
+    m.register_buffer("frozen", torch.ones(100))
+    m.bias.requires_grad_(False)
+    assert pl.count_params(m) == 16 and pl.count_params(m, trainable_only=True) == 12
+
+
+def test_latency_median_and_iqr():
+    med, iqr, samples = latency(nn.Conv2d(3, 8, 3), (1, 3, 16, 16), warmup=2, repeats=9)
+    assert len(samples) == 9 and med > 0 and iqr >= 0 and samples.min() <= med <= samples.max()
+
+
+def test_measure_and_compare():
+    m = pl.measure(pl.resnet20(), timing=False)
+    assert m.params == 278_324 and math.isnan(m.latency_ms) and math.isnan(m.peak_memory_mb)
+    df = pl.compare({"r20": pl.resnet20(), "r20-se": pl.resnet20(attn="se")}, repeats=5)
+    assert list(df.index) == ["r20", "r20-se"]
+    assert df.loc["r20", "params_ratio"] == 1.0 and df.loc["r20-se", "params_ratio"] > 1.0
+    assert (df["latency_ms"] > 0).all() and df.loc["r20", "MFLOPs"] == df.loc["r20", "flops"] / 1e6
+    with pytest.raises(ValueError, match="baseline='x'"):
+        pl.compare({"a": nn.Identity()}, baseline="x")
+
+
+def test_summary_mentions_layers():
+    s = pl.summary(pl.resnet20(), depth=2)
+    assert "BasicBlock" in s and "Total params: 278,324" in s

@@ -64,6 +64,8 @@ class Report:
         return "\n".join([head, *(f"  - {f}" for f in self.failures[:5])] +
                          ([f"  ... and {len(self.failures) - 5} more"] if len(self.failures) > 5 else []))
 
+    __repr__ = __str__
+
     def _repr_markdown_(self) -> str:
         mark = "✅" if self.passed else ("✏️" if self.not_implemented else "❌")
         return f"{mark} " + str(self).replace("\n  - ", "\n- ").replace("\n", "  \n")

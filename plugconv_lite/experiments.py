@@ -62,6 +62,7 @@ def register_experiment(chapter: str, variants: Sequence[Variant]) -> None:
     EXPERIMENTS[chapter] = list(variants)
 
 
+register_experiment("baseline", [BASELINE])
 register_experiment("se", [BASELINE, Variant("se", {"attn": "se"}, note="SE (reduction 16) on every residual branch")])
 
 
@@ -199,3 +200,37 @@ def run_chapter(chapter: str, profile=None, seeds: Optional[Sequence[int]] = Non
 
 def full_command(chapter: str) -> str:
     return f"PLUGCONV_PROFILE=full python -m plugconv_lite run {chapter}"
+
+
+def chapter_report(chapter: str, profile=None, metric_digits: int = 2) -> None:
+    """What a chapter's Experiment section shows (in a notebook):
+
+    1. the active profile's run of every variant (smoke in CI: behind its banner, never interpreted);
+    2. the full-profile records of this chapter from the committed store, as mean +- std over seeds with a bar
+       chart, computed verdicts and provenance; or, where none exist yet, the command that produces them.
+    """
+    from IPython.display import Markdown, display
+
+    from .viz import result_bars
+
+    prof = get_profile(profile)
+    df = run_chapter(chapter, prof, progress=False)
+    shown = ["variant", "seeds", "top1_mean", "top1_std", "top5_mean", "params_M", "MFLOPs", "delta_top1"]
+    display(Markdown(f"**Active profile: `{prof.name}`**: {prof.description}"))
+    display(df[shown].round(metric_digits))
+    full = store_mod.load(profile="full", chapter=chapter)
+    if not full:
+        display(Markdown(
+            f"**No full-profile runs of this chapter are in `results/` yet**, so this page draws no conclusion "
+            f"about accuracy. To produce them on a GPU (three seeds of every variant, about "
+            f"{len(EXPERIMENTS[chapter]) * 3} runs):\n\n```bash\n{full_command(chapter)}\n```"))
+        return
+    table = store_mod.table(full)
+    display(Markdown(f"**Full profile** (`results/`; {store_mod.provenance(full)}):"))
+    display(table[shown + ["latency_ms", "images_per_s"]].round(metric_digits))
+    result_bars(table, title=f"{chapter}: CIFAR-100 top-1 (full profile, mean +- std over seeds)")
+    import matplotlib.pyplot as plt
+    plt.show()
+    for v in table["variant"]:
+        if v != "baseline":
+            display(Markdown("- " + store_mod.verdict(table, v)))

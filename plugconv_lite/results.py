@@ -133,3 +133,23 @@ def provenance(records: Iterable[dict]) -> str:
     dates = sorted(r.get("date", "?")[:10] for r in records)
     return (f"{len(records)} runs on {', '.join(devices)}; commits {', '.join(commits)}; "
             f"dates {dates[0]} to {dates[-1]}; torch {', '.join(sorted({r['versions']['torch'] for r in records}))}")
+
+
+def verdict(table, variant: str, baseline: str = "baseline") -> str:
+    """A sentence, computed from ``table``, comparing ``variant`` with ``baseline``: the difference in mean top-1
+    and whether it exceeds the seed-to-seed spread. Chapters print it instead of typing numbers into prose."""
+    rows = table.set_index("variant")
+    if variant not in rows.index or baseline not in rows.index:
+        return f"no runs of both {variant!r} and {baseline!r} to compare"
+    v, b = rows.loc[variant], rows.loc[baseline]
+    delta = v["top1_mean"] - b["top1_mean"]
+    n = int(min(v["seeds"], b["seeds"]))
+    spread = max(v["top1_std"], b["top1_std"]) if n > 1 else float("nan")
+    text = (f"{variant} vs {baseline}: {delta:+.2f} points top-1 ({v['top1_mean']:.2f}% vs {b['top1_mean']:.2f}%, "
+            f"{n} seed{'s' if n != 1 else ''} each")
+    if n < 2:
+        return text + "); one seed cannot separate a difference from seed noise."
+    text += f", largest seed std {spread:.2f})"
+    if abs(delta) <= spread:
+        return text + "; the difference is within the seed-to-seed spread."
+    return text + f"; the difference is larger than the seed-to-seed spread ({abs(delta) / spread:.1f}x)."

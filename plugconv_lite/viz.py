@@ -18,6 +18,14 @@ sns.set_theme(context="notebook", style="whitegrid", palette="deep")
 PALETTE = sns.color_palette("deep")
 
 
+def source(obj):
+    """The library's own source of ``obj`` (class, function or module), syntax-highlighted in a notebook."""
+    import inspect
+
+    from IPython.display import Code
+    return Code(inspect.getsource(obj), language="python")
+
+
 def _ax(ax=None, figsize=(4.5, 4)):
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, layout="constrained")
@@ -34,13 +42,14 @@ def sampling_pattern(kernel_size: int, dilation: int = 1, ax=None, extent: Optio
     for dy, dx in sampling_offsets(kernel_size, dilation):
         grid[int(dy + half), int(dx + half)] = 1.0
     ax.imshow(grid, cmap="Blues", vmin=0, vmax=1.3, extent=(-half - .5, half + .5, half + .5, -half - .5))
-    ax.set_xticks(range(-half, half + 1))
-    ax.set_yticks(range(-half, half + 1))
-    ax.tick_params(labelsize=7)
+    ticks = np.arange(-half, half + 1, max(1, half // 3))
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticks(np.arange(-half - .5, half + 1), minor=True)
+    ax.set_yticks(np.arange(-half - .5, half + 1), minor=True)
+    ax.tick_params(labelsize=7, which="both", length=0)
     ax.grid(False)
-    for v in np.arange(-half - .5, half + 1):
-        ax.axhline(v, color="0.85", lw=0.5)
-        ax.axvline(v, color="0.85", lw=0.5)
+    ax.grid(True, which="minor", color="0.85", lw=0.5)
     ax.set_xlabel("input column offset")
     ax.set_ylabel("input row offset")
     ax.set_title(title or f"{kernel_size}x{kernel_size} kernel, dilation {dilation}: span {span}")
@@ -62,10 +71,11 @@ def heatmap(values: np.ndarray, ax=None, title: str = "", xlabel: str = "", ylab
 
 def erf_map(erf: np.ndarray, ax=None, title: str = "effective receptive field", radius: Optional[float] = None):
     """An effective-receptive-field map (pixels of the input); optionally with a circle of ``radius``."""
-    fig = heatmap(erf, ax=ax, title=title, xlabel="input column", ylabel="input row", cmap="magma", vmin=0, vmax=1)
+    fig, ax = _ax(ax)
+    heatmap(erf, ax=ax, title=title, xlabel="input column", ylabel="input row", cmap="magma", vmin=0, vmax=1)
     if radius is not None:
         h, w = erf.shape
-        fig.axes[0].add_patch(plt.Circle(((w - 1) / 2, (h - 1) / 2), radius, fill=False, color="c", lw=1.5, ls="--"))
+        ax.add_patch(plt.Circle(((w - 1) / 2, (h - 1) / 2), radius, fill=False, color="c", lw=1.5, ls="--"))
     return fig
 
 
@@ -96,4 +106,51 @@ def result_bars(table, metric: str = "top1_mean", err: Optional[str] = "top1_std
     ax.set_ylim(max(0.0, lo - pad), hi + pad)
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title or metric.replace("_", " "))
+    return fig
+
+
+def group_connectivity(in_channels: int, out_channels: int, groups: int, ax=None, title=None):
+    """Which input channels each output channel reads under ``groups`` (a block-diagonal matrix)."""
+    fig, ax = _ax(ax)
+    m = np.zeros((out_channels, in_channels))
+    ci, co = in_channels // groups, out_channels // groups
+    for g in range(groups):
+        m[g * co:(g + 1) * co, g * ci:(g + 1) * ci] = 1
+    ax.imshow(m, cmap="Greens", vmin=0, vmax=1.3, interpolation="nearest")
+    ax.grid(False)
+    ax.set_xlabel("input channel")
+    ax.set_ylabel("output channel")
+    ax.set_title(title or f"groups={groups}: each output reads {ci} of {in_channels} inputs")
+    return fig
+
+
+def conv_geometry(kernel_size: int, dilation: int, groups: int, channels: int = 64, size: int = 32):
+    """Three panels for one conv layer (C -> C channels, size x size input): sampling pattern, channel connectivity
+    and its cost (parameters and FLOPs measured on the layer itself, receptive field of one and two layers)."""
+    import torch.nn as nn
+
+    from .measure import count_flops, count_params
+    from .receptive import receptive_field
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained",
+                             gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    sampling_pattern(kernel_size, dilation, ax=axes[0], extent=19)
+    group_connectivity(channels, channels, groups, ax=axes[1])
+    conv = nn.Conv2d(channels, channels, kernel_size, padding=dilation * (kernel_size - 1) // 2, dilation=dilation,
+                     groups=groups, bias=False)
+    p, f = count_params(conv), count_flops(conv, (1, channels, size, size))
+    dense = count_params(nn.Conv2d(channels, channels, 3, bias=False))
+    rf1 = receptive_field([(kernel_size, 1, dilation)])[-1][0]
+    rf2 = receptive_field([(kernel_size, 1, dilation)] * 2)[-1][0]
+    axes[2].axis("off")
+    axes[2].text(0, 0.95, "\n".join([
+        f"C_in = C_out = {channels}, input {size}x{size}",
+        f"parameters: {p:,}",
+        f"  = C_out * (C_in / g) * k^2",
+        f"  = {p / dense:.2f} x a dense 3x3",
+        f"FLOPs: {f / 1e6:.1f} M (2 x MACs)",
+        f"receptive field: {rf1} (1 layer), {rf2} (2 layers)",
+        f"span of the kernel: {dilation * (kernel_size - 1) + 1} px",
+    ]), va="top", family="monospace", fontsize=9)
+    axes[2].set_title("cost (measured)")
     return fig

@@ -1,0 +1,80 @@
+"""Notebook hygiene, checked without executing anything (the book build executes them)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from plugconv_lite import experiments
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted([*ROOT.glob("chapters/*.ipynb"), *ROOT.glob("book/*.ipynb")])
+CHAPTERS = sorted(ROOT.glob("chapters/*.ipynb"))
+STANDARD = ["## Math", "## Implementation", "## Verification", "## Explore", "## Experiment", "## Cost",
+            "## Pitfalls", "## Exercises", "## References"]
+
+
+def _cells(path, kind=None):
+    nb = json.loads(path.read_text())
+    return [c for c in nb["cells"] if kind is None or c["cell_type"] == kind]
+
+
+def _text(path, kind=None):
+    return "\n".join("".join(c["source"]) for c in _cells(path, kind))
+
+
+def _toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for ch in part["chapters"]:
+            files.append(ch["file"])
+            files += [s["file"] for s in ch.get("sections", [])]
+    return files
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stored_without_outputs(path):
+    for cell in _cells(path, "code"):
+        assert not cell.get("outputs") and cell.get("execution_count") is None, f"{path.name} has outputs"
+
+
+def test_chapter_files_are_named_nn_module():
+    for path in CHAPTERS:
+        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", path.name), path.name
+
+
+def test_every_notebook_is_in_the_toc_and_every_toc_file_exists():
+    files = _toc_files()
+    for path in NOTEBOOKS:
+        assert str(path.relative_to(ROOT).with_suffix("")) in files, f"{path} is not in _toc.yml"
+    for f in files:
+        assert any((ROOT / f).with_suffix(s).exists() for s in (".ipynb", ".md")), f
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_follows_the_standard(path):
+    md, code = _text(path, "markdown"), _text(path, "code")
+    for heading in STANDARD:
+        assert heading in md, f"{path.name} lacks the section '{heading}'"
+    assert "viz.source(" in code, "the implementation is shown from the library's source"
+    assert "explore(" in code, "a kernel-free widget"
+    assert "experiments.chapter_report(" in code, "the experiment"
+    assert "exercises.check(" in code, "at least one auto-checked exercise"
+    assert md.count("**1") and md.count("**2"), "at least two exercises"
+    assert "{cite}" in md and "{bibliography}" in md, "bibtex citations"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_experiment_is_registered(path):
+    for name in re.findall(r"chapter_report\(\"([a-z0-9_]+)\"", _text(path, "code")):
+        assert name in experiments.EXPERIMENTS, f"{path.name} reports unregistered experiment {name!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_installs_from_the_configured_repository(path):
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    first_code = "".join(_cells(path, "code")[0]["source"])
+    assert '"google.colab" in sys.modules' in first_code and f"git clone -q --depth 1 {url} " in first_code
+    assert f"%cd /content/plugconv-lite/{path.parent.name}" in first_code

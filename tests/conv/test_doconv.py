@@ -122,6 +122,23 @@ def test_pl_fold_folds_a_whole_resnet(rng):
     assert count_flops(folded) == count_flops(plain)
 
 
+def test_fold_then_fuse_bn_matches_the_eval_network(rng):
+    torch.manual_seed(0)
+    net = pl.resnet18(width=8, conv="doconv")
+    for m in net.modules():
+        if isinstance(m, DOConv2d):
+            _randomise(m, rng, std=0.1)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial BN running statistics
+            net(torch.randn(8, 3, 32, 32, generator=rng))
+    net.eval()
+    fused = pl.fold(copy.deepcopy(net), bn=True)
+    assert not any(isinstance(m, (DOConv2d, nn.BatchNorm2d)) for m in fused.modules())
+    x = torch.randn(2, 3, 32, 32, generator=rng)
+    torch.testing.assert_close(fused(x), net(x), atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("c,groups", [(8, 2), (8, 4), (6, 3)])
 def test_grouped_kernel_entries_touching_channel_i_are_produced_by_D_i(rng, c, groups):
     """Changing D_i changes exactly the kernel entries that read input channel i, and no others."""

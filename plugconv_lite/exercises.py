@@ -210,3 +210,73 @@ def _se_forward(x, W1, b1, W2, b2):
     with torch.no_grad():
         m.fc1.weight.copy_(W1), m.fc1.bias.copy_(b1), m.fc2.weight.copy_(W2), m.fc2.bias.copy_(b2)
         return m(x)
+
+
+# DO-Conv (chapter 02) -------------------------------------------------------------------------------------------
+
+def _doconv_fold_cases(g):
+    cases = []
+    for C, O, groups, k, D_mul in [(4, 6, 1, 3, 9), (6, 4, 1, 3, 13), (8, 8, 2, 3, 9), (4, 4, 4, 3, 18),
+                                   (6, 9, 3, 3, 10), (4, 8, 4, 3, 9), (2, 3, 1, 5, 25)]:
+        cases.append(dict(W=torch.randn(O, C // groups, D_mul, generator=g),
+                          D=0.5 * torch.randn(C, k * k, D_mul, generator=g), groups=groups, kernel_size=k))
+    return cases
+
+
+@exercise("doconv_fold", _doconv_fold_cases,
+          "Fold DO-Conv: given W (O, C/g, D_mul), the trainable D (C, M*N, D_mul), groups g and the kernel size k "
+          "(M = N = k), return the conventional kernel (O, C/g, k, k), with D_i applied to input channel i. Remember "
+          "the frozen identity D_diag.")
+def _doconv_fold(W, D, groups, kernel_size):
+    from .conv.doconv import DOConv2d
+    m = DOConv2d(D.shape[0], W.shape[0], kernel_size, groups=groups, D_mul=W.shape[2])
+    with torch.no_grad():
+        m.W.copy_(W), m.D.copy_(D)
+        return m.kernel()
+
+
+def _doconv_params_cases(g):
+    return [dict(C_in=ci, C_out=co, k=k, D_mul=dm, groups=gr)
+            for ci, co, k, dm, gr in [(64, 64, 3, None, 1), (64, 128, 3, 18, 1), (32, 32, 3, 12, 32),
+                                      (16, 48, 5, None, 4), (64, 64, 1, None, 1), (128, 256, 3, 27, 2)]]
+
+
+@exercise("doconv_params", _doconv_params_cases,
+          "Return (parameters while training, parameters after folding) of a bias-free DO-Conv layer; D_mul=None "
+          "means M*N.")
+def _doconv_params(C_in, C_out, k, D_mul, groups):
+    from .conv.doconv import DOConv2d
+    m = DOConv2d(C_in, C_out, k, groups=groups, D_mul=D_mul)
+    return count_params(m), count_params(m.fold())
+
+
+# C2sp (chapter 08) ----------------------------------------------------------------------------------------------
+
+def _c2sp_cases(g):
+    cases = []
+    for C, O, h, w in [(4, 2, 3, 3), (8, 4, 5, 6), (12, 3, 1, 4), (16, 8, 7, 7)]:
+        cases.append(dict(x=torch.randn(2, C, h, w, generator=g), weight=torch.randn(O, C, 2, 2, generator=g)))
+    return cases
+
+
+@exercise("c2sp_forward", _c2sp_cases,
+          "Stride-1 C2sp: split the C channels of x (B, C, H, W) into four equal quarters, pad quarter p by the "
+          "p-th (top, bottom, left, right) pattern (0,1,0,1), (1,0,1,0), (0,1,1,0), (1,0,0,1), concatenate, and "
+          "apply the 2x2 `weight` (O, C, 2, 2) without padding. The output is (B, O, H, W).")
+def _c2sp_forward(x, weight):
+    from .conv.c2sp import C2spConv2d
+    m = C2spConv2d(x.shape[1], weight.shape[0])
+    with torch.no_grad():
+        m.weight.copy_(weight)
+        return m(x)
+
+
+@exercise("c2sp_kernel3x3", lambda g: [dict(weight=c["weight"]) for c in _c2sp_cases(g)],
+          "Return the 3x3 kernel (O, C, 3, 3) whose padding-1 convolution equals stride-1 C2sp with the 2x2 "
+          "`weight` (O, C, 2, 2): place each input channel's 2x2 kernel in the corner its padding pattern selects.")
+def _c2sp_kernel3x3(weight):
+    from .conv.c2sp import C2spConv2d
+    m = C2spConv2d(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        m.weight.copy_(weight)
+        return m.equivalent_kernel()

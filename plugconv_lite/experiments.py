@@ -65,6 +65,21 @@ def register_experiment(chapter: str, variants: Sequence[Variant]) -> None:
 register_experiment("baseline", [BASELINE])
 register_experiment("se", [BASELINE, Variant("se", {"attn": "se"}, note="SE (reduction 16) on every residual branch")])
 
+# DO-Conv (chapter 02): W initialised with the backbone's own conv rule, so with D = 0 and D_mul = M*N the network
+# starts as the baseline does; only the over-parameterization differs.
+register_experiment("doconv", [BASELINE, Variant(
+    "doconv", {"conv": "doconv", "conv_kw": {"weight_init": "fan_out"}},
+    note="DO-Conv (D_mul = M*N) in place of every 3x3 conv of the residual blocks; folded for inference")])
+
+# C2sp (chapter 08): 2x2 kernels cost 4/9 of 3x3 ones, so the comparison is made twice: as a drop-in (fewer
+# parameters) and at 1.5x width, where the parameter count matches the baseline's (1.5^2 * 4/9 = 1 for the block
+# convs; the whole network lands within a few percent at widths 16 and 64, see tests/conv/test_c2sp.py).
+register_experiment("c2sp", [BASELINE, Variant(
+    "c2sp", {"conv": "c2sp", "conv_kw": {"weight_init": "fan_out"}},
+    note="C2sp (2x2 kernels, symmetric padding) in place of every 3x3 conv of the residual blocks"), Variant(
+    "c2sp_wide", {"conv": "c2sp", "conv_kw": {"weight_init": "fan_out"}, "width_mult": 1.5},
+    note="C2sp at 1.5x width: about the baseline's parameter count")])
+
 
 # ----------------------------------------------------------------------------------------------------------------
 

@@ -280,3 +280,84 @@ def _c2sp_kernel3x3(weight):
     with torch.no_grad():
         m.weight.copy_(weight)
         return m.equivalent_kernel()
+
+# SCConv -----------------------------------------------------------------------------------------------------------
+
+def _scconv_param_cases(g):
+    cases = []
+    for _ in range(8):
+        groups = [1, 1, 2][_ints(g, 0, 2)]
+        cases.append(dict(C_in=2 * groups * _ints(g, 1, 12) + (0 if groups > 1 else _ints(g, 0, 1)),
+                          C_out=2 * groups * _ints(g, 1, 12) + (0 if groups > 1 else _ints(g, 0, 1)),
+                          k=[1, 3, 5][_ints(g, 0, 2)], groups=groups))
+    return cases
+
+
+@exercise("scconv_params", _scconv_param_cases,
+          "Return the number of parameters of SCConv2d(C_in, C_out, k, groups=groups) (no bias; BN after K_2 and "
+          "K_3): the self-calibrated half has C_1 = C_in // 2 input and O_1 = C_out // 2 output channels, the plain "
+          "half the rest.")
+def _scconv_params(C_in, C_out, k, groups):
+    from .conv.scconv import SCConv2d
+    return count_params(SCConv2d(C_in, C_out, k, groups=groups))
+
+
+def _scconv_forward_cases(g):
+    cases = []
+    for _ in range(6):
+        c, o, k = _ints(g, 2, 9), _ints(g, 2, 9), [1, 3][_ints(g, 0, 1)]
+        c1, o1 = c // 2, o // 2
+        cases.append(dict(x=torch.randn(2, c, _ints(g, 1, 9), _ints(g, 1, 9), generator=g),
+                          W1=torch.randn(o - o1, c - c1, k, k, generator=g), W2=torch.randn(c1, c1, k, k, generator=g),
+                          W3=torch.randn(c1, c1, k, k, generator=g), W4=torch.randn(o1, c1, k, k, generator=g),
+                          r=_ints(g, 1, 4)))
+    return cases
+
+
+@exercise("scconv_forward", _scconv_forward_cases,
+          "Implement the SCConv forward pass at stride 1 without norms (K_i are the convolutions with weights W_i, "
+          "'same' padding k // 2): X_1 = x[:, :C // 2], X_2 = the rest; T_1 = the mean of every r x r window of "
+          "X_1 (windows clipped at the border); X_1' = K_2(T_1) repeated r x r times and cropped to H x W; "
+          "Y_1 = K_4(K_3(X_1) * sigmoid(X_1 + X_1')); Y_2 = K_1(X_2); return cat(Y_1, Y_2).",
+          atol=1e-4)
+def _scconv_forward(x, W1, W2, W3, W4, r):
+    from .conv.scconv import SCConv2d
+    m = SCConv2d(x.shape[1], W4.shape[0] + W1.shape[0], W1.shape[-1], pooling_r=r, norm_layer=None)
+    with torch.no_grad():
+        for conv, W in ((m.K1, W1), (m.K2[0], W2), (m.K3[0], W3), (m.K4, W4)):
+            conv.weight.copy_(W)
+        return m(x)
+
+
+# Res2Net ----------------------------------------------------------------------------------------------------------
+
+def _res2net_rf_cases(g):
+    return [dict(scale=s, stype=t) for s, t in [(1, "normal"), (2, "normal"), (4, "normal"), (6, "normal"),
+                                                (8, "normal"), (4, "stage"), (3, "stage"), (1, "stage")]]
+
+
+@exercise("res2net_split_rf", _res2net_rf_cases,
+          "Return a tuple with the theoretical receptive field (pixels of the block's input) of each split output "
+          "y_1, ..., y_s of one Res2Net block (identity split last, as in the official code).")
+def _res2net_split_rf(scale, stype):
+    from .blocks.res2net import Res2NetBlock
+    return tuple(Res2NetBlock.split_receptive_fields(scale, stype))
+
+
+def _res2net_param_cases(g):
+    cases = []
+    for _ in range(8):
+        c_out = 8 * _ints(g, 1, 8)
+        stride = _ints(g, 1, 2)
+        c_in = c_out if (stride == 1 and _ints(g, 0, 1)) else 4 * _ints(g, 1, 8)
+        cases.append(dict(C_in=c_in, C_out=c_out, stride=stride, scale=_ints(g, 1, 6), width=_ints(g, 1, 12)))
+    return cases
+
+
+@exercise("res2net_params", _res2net_param_cases,
+          "Return the number of parameters of Res2NetBlock(C_in, C_out, stride, scale=scale, width=width): 1x1 "
+          "conv, s - 1 split 3x3 convs (one if s = 1), 1x1 conv, a BN after each conv, and the projection shortcut "
+          "(1x1 conv + BN) where stride > 1 or C_in != C_out.")
+def _res2net_params(C_in, C_out, stride, scale, width):
+    from .blocks.res2net import Res2NetBlock
+    return count_params(Res2NetBlock(C_in, C_out, stride, scale=scale, width=width))

@@ -64,6 +64,15 @@ def register_experiment(chapter: str, variants: Sequence[Variant]) -> None:
 
 register_experiment("baseline", [BASELINE])
 register_experiment("se", [BASELINE, Variant("se", {"attn": "se"}, note="SE (reduction 16) on every residual branch")])
+register_experiment("scconv", [BASELINE, Variant("scconv", {"conv": "scconv", "conv_kw": {"pooling_r": 4}},
+                                                note="SCConv (pooling_r 4) in place of every 3x3 conv of the blocks")])
+register_experiment("res2net", [
+    BASELINE,
+    Variant("res2net", {"block": "res2net", "block_kw": {"scale": 4, "base_width": 40}},
+            note="Res2Net blocks, scale 4, base_width 40 (about the baseline's parameters)"),
+    Variant("bottleneck", {"block": "res2net", "block_kw": {"scale": 1, "base_width": 76}},
+            note="control: the same bottleneck without the hierarchy (scale 1), base_width 76 for about the same "
+                 "parameters")])
 
 # DO-Conv (chapter 02): W initialised with the backbone's own conv rule, so with D = 0 and D_mul = M*N the network
 # starts as the baseline does; only the over-parameterization differs.

@@ -154,3 +154,26 @@ def conv_geometry(kernel_size: int, dilation: int, groups: int, channels: int = 
     ]), va="top", family="monospace", fontsize=9)
     axes[2].set_title("cost (measured)")
     return fig
+
+
+def erf_log_map(erf: np.ndarray, ax=None, title: str = "effective receptive field (log10)", floor: float = 1e-4,
+                colorbar: bool = True):
+    """An ERF map on a log10 scale clipped at ``floor``: faint long-range dependencies stay visible next to the
+    bright centre that a linear scale shows alone."""
+    return heatmap(np.log10(np.maximum(erf, floor)), ax=ax, title=title, xlabel="input column", ylabel="input row",
+                   cmap="magma", colorbar=colorbar, vmin=np.log10(floor), vmax=0)
+
+
+def erf_profiles(erfs, ax=None, title: str = "ERF along the centre row", floor: float = 1e-4, colors=None):
+    """The centre row of several ERF maps (name -> (H, W) array, max-normalised) on a log axis, one line each."""
+    fig, ax = _ax(ax, figsize=(5, 3.6))
+    for i, (name, erf) in enumerate(erfs.items()):
+        h, w = erf.shape
+        ax.semilogy(np.arange(w) - w // 2, np.maximum(erf[h // 2], floor), marker=".", ms=3, label=name,
+                    color=None if colors is None else colors[i])
+    ax.set_ylim(floor * 0.7, 1.5)
+    ax.set_xlabel("input column offset from the centre")
+    ax.set_ylabel(f"ERF (clipped at {floor:g})")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return fig

@@ -1,3 +1,7 @@
 """Whole residual / mobile blocks (the ``block`` contract): ``(in_channels, out_channels, stride=1, **hparams)``."""
 
 __all__: list[str] = []
+
+from .res2net import Res2NetBlock  # noqa: E402
+
+__all__ += ["Res2NetBlock"]

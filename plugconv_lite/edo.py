@@ -1,5 +1,5 @@
 """Efficient Dilation Optimization (EDO): the dilation search of Inception Convolution. Liu et al.: "Inception
-Convolution with Efficient Dilation Search", CVPR 2021, arXiv 2012.13587.
+Convolution with Efficient Dilation Search", arXiv 2012.13587 (2020).
 
 The authors released the searched patterns but not the search code, so this is the book's reconstruction from the
 paper's description. What the paper states: every k x k conv to be searched is expanded to cover the largest

@@ -97,6 +97,12 @@ register_experiment("icconv", [BASELINE, Variant(
     prepare_kw={"D_max": 2, "supernet_budget": 1 / 3, "search_images": 1024},
     note="IC-Conv in every 3x3 conv of the blocks; per-channel dilations (1..2 in H and W) searched by EDO")])
 
+# SPD-Conv (chapter 09): space-to-depth + a stride-1 conv in place of every strided conv (the paper's rule), i.e. the
+# three downsampling 3x3 convs AND their strided 1x1 shortcuts
+register_experiment("spdconv", [BASELINE, Variant(
+    "spdconv", {"conv": "spdconv", "conv_where": "strided"},
+    note="SPD-Conv for every strided conv: the downsampling 3x3 convs and their 1x1 shortcuts")])
+
 
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -213,6 +219,19 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
         artefact = store_mod.read(path)  # what later runs will load: JSON types (lists, not tuples)
     artefact["_path"] = str(path)
     return merge_kw(variant.model_kw, artefact["output"].get("model_kw", {})), artefact
+
+
+def prepared_artefacts(prepare_name: str, profile: Optional[str] = None, store: Optional[Path] = None,
+                       dataset: str = "cifar100") -> list[dict]:
+    """Stored outputs of the preparation step ``prepare_name`` (oldest first), from the committed store by default;
+    ``profile`` limits them to one profile. Reading never runs a step (``prepare`` does)."""
+    store = Path(store) if store is not None else store_mod.results_dir()
+    found = []
+    for p in sorted((store / dataset).glob(f"{profile or '*'}/prepare/*__{prepare_name}__*.json")):
+        art = store_mod.read(p)
+        art["_path"] = str(p)
+        found.append(art)
+    return sorted(found, key=lambda a: a.get("date", ""))
 
 
 def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Optional[str] = None,

@@ -203,3 +203,16 @@ def test_edo_end_to_end_through_the_experiment_machinery(tmp_path, tiny_data):
     assert out["supernet"]["epochs"] == 1 and out["supernet"]["train_images"] == 100  # half the budget
     assert out["search"]["images"] == 50 and art["profile"] == "smoke" and art["data"]["source"] == "synthetic"
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_search_and_plug_into_a_foreign_network_by_module_name(rng):
+    """swap_convs names sites after the modules, so a search on any network feeds ICConv2d.from_site directly."""
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                             nn.ReLU(), nn.Conv2d(8, 4, 1))
+    supernet, names = pl.swap_convs(net(), edo.SupernetConv2d, conv_kw={"D_max": 2})
+    assert names == ["0", "2"]
+    found = edo.search(supernet, [torch.randn(2, 3, 12, 12, generator=rng)])
+    ic, _ = pl.swap_convs(net(), "icconv", conv_kw={"patterns": found["patterns"], "D_max": 2})
+    assert [ic.get_submodule(n).pattern for n in names] == [found["patterns"][n] for n in names]
+    assert ic(torch.randn(1, 3, 12, 12)).shape == (1, 4, 6, 6)

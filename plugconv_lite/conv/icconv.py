@@ -1,5 +1,5 @@
 """Inception Convolution. Liu, Li, Liang, Lin, Sun, Yan, Ouyang, Xu: "Inception Convolution with Efficient Dilation
-Search", CVPR 2021, arXiv 2012.13587.
+Search", arXiv 2012.13587 (2020); official code and searched patterns: yifan123/IC-Conv.
 
 A k x k convolution whose output channels each have their own dilation (d_h, d_w), independently along H and W, in
 1..D_max. Every output channel still reads all input channels, so the parameters and FLOPs are those of the plain
@@ -129,7 +129,7 @@ def load_patterns(path) -> dict:
         return json.load(f)
 
 
-@register("icconv", "conv", paper="Inception Convolution with Efficient Dilation Search", year=2021,
+@register("icconv", "conv", paper="Inception Convolution with Efficient Dilation Search", year=2020,
           arxiv="2012.13587")
 class ICConv2d(ConvBase):
     """y[:, o] = (W[o] *_{d(o)} x),   d(o) = (d_h(o), d_w(o)) in {1..D_max}^2,

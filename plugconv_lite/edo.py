@@ -134,13 +134,15 @@ def search(supernet: nn.Module, batches: Iterable[torch.Tensor]) -> dict:
             scale[name] = scale[name] + out.abs().sum(dim=(0, 2, 3))
             counts[name] += out.shape[0] * out.shape[2] * out.shape[3]
         hooks.append(conv.register_forward_hook(hook))
-    was_training = supernet.training
+    was_training, tf32 = supernet.training, torch.backends.cudnn.allow_tf32
     supernet.eval()
+    torch.backends.cudnn.allow_tf32 = False  # rank the candidates in full fp32 (the trainer enables TF32 on GPUs)
     try:
         for xb in batches:
             supernet(xb)
     finally:
         supernet.train(was_training)
+        torch.backends.cudnn.allow_tf32 = tf32
         for h in hooks:
             h.remove()
     if not any(counts.values()):
@@ -194,7 +196,7 @@ def prepare(profile: Profile, data: Dataset, *, build: Callable[[dict], nn.Modul
     search_set = data.subset(min(fewer(search_images), n_train), None, seed=seed + 1)
     loader = DeviceLoader(search_set.train_x.to(device), search_set.train_y.to(device), batch_size, train=False)
     t0 = time.perf_counter()
-    found = search(supernet.to(device), (xb.float() for xb, _ in loader.epoch()))
+    found = search(supernet.to(device), (xb for xb, _ in loader.epoch()))
     t_search = time.perf_counter() - t0
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)

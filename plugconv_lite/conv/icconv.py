@@ -18,7 +18,6 @@ The official pattern_zoo files use the counts form with zero-based keys ``"(i, j
 """
 from __future__ import annotations
 
-import json
 import numbers
 import re
 from typing import Iterable, Mapping, Optional, Sequence, Union
@@ -121,12 +120,6 @@ def patterns_from_zoo(entries: Sequence[Mapping[str, int]], names: Sequence[str]
             counts[f"{int(m.group(1)) + 1},{int(m.group(2)) + 1}"] = int(n)
         out[name] = counts
     return out
-
-
-def load_patterns(path) -> dict:
-    """Per-site patterns from a JSON file written with ``json.dump({site_name: pattern, ...})``."""
-    with open(path) as f:
-        return json.load(f)
 
 
 @register("icconv", "conv", paper="Inception Convolution with Efficient Dilation Search", year=2020,

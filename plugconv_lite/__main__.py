@@ -25,7 +25,8 @@ def main(argv=None) -> int:
 
     if args.command == "list":
         for chapter, variants in sorted(experiments.EXPERIMENTS.items()):
-            print(f"{chapter}: " + ", ".join(v.name for v in variants))
+            print(f"{chapter}: " + ", ".join(v.name + (f" (prepared by {v.prepare})" if v.prepare else "")
+                                             for v in variants))
         return 0
     if args.command == "table":
         import pandas as pd

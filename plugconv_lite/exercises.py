@@ -361,3 +361,84 @@ def _res2net_param_cases(g):
 def _res2net_params(C_in, C_out, stride, scale, width):
     from .blocks.res2net import Res2NetBlock
     return count_params(Res2NetBlock(C_in, C_out, stride, scale=scale, width=width))
+
+
+# IC-Conv and EDO (chapter 05) --------------------------------------------------------------------------------------
+
+def _icconv_forward_cases(g):
+    from .conv.icconv import candidates
+    cases = []
+    for _ in range(5):
+        c, o, D_max = _ints(g, 1, 6), _ints(g, 1, 8), _ints(g, 1, 3)
+        cands = candidates(D_max)
+        pattern = [cands[i] for i in torch.randint(0, len(cands), (o,), generator=g).tolist()]
+        cases.append(dict(x=torch.randn(_ints(g, 1, 2), c, _ints(g, 3, 11), _ints(g, 3, 11), generator=g),
+                          weight=torch.randn(o, c, 3, 3, generator=g), pattern=pattern))
+    return cases
+
+
+@exercise("icconv_forward", _icconv_forward_cases,
+          "Return the IC-Conv output (stride 1, 'same' padding) for x (B, C, H, W), weight (O, C, 3, 3) and pattern, "
+          "a list of (d_h, d_w) per output channel: channel o is the 3x3 conv of x with weight[o] and dilation "
+          "pattern[o].")
+def _icconv_forward(x, weight, pattern):
+    from .conv.icconv import ICConv2d
+    m = ICConv2d(x.shape[1], weight.shape[0], 3, pattern=[list(d) for d in pattern],
+                 D_max=max(max(d) for d in pattern))
+    with torch.no_grad():
+        m.weight.copy_(weight)
+        return m(x)
+
+
+def _edo_errors_cases(g):
+    cases = []
+    for _ in range(5):
+        c, o, D_max = _ints(g, 1, 4), _ints(g, 1, 5), _ints(g, 1, 3)
+        K = 2 * D_max + 1
+        cases.append(dict(x=torch.randn(_ints(g, 1, 3), c, _ints(g, 4, 10), _ints(g, 4, 10), generator=g),
+                          W_s=torch.randn(o, c, K, K, generator=g), D_max=D_max))
+    return cases
+
+
+@exercise("edo_errors", _edo_errors_cases,
+          "EDO's criterion: for a supernet kernel W_s (O, C, 2 D_max + 1, 2 D_max + 1) and input x, return the "
+          "(D_max^2, O) tensor of mean L1 errors |Y_s - Y_d| (mean over batch and positions) between the supernet "
+          "output (stride 1, 'same' padding) and each candidate (d_h, d_w) in lexicographic order, the candidate "
+          "being the 3x3 conv with dilation d whose weights are W_s's taps at the centre +- d.")
+def _edo_errors(x, W_s, D_max):
+    from .edo import SupernetConv2d, dilation_errors
+    conv = SupernetConv2d(x.shape[1], W_s.shape[0], 3, D_max=D_max)
+    with torch.no_grad():
+        conv.weight.copy_(W_s)
+    return dilation_errors(conv, x) / (x.shape[0] * x.shape[2] * x.shape[3])
+
+
+# SPD-Conv (chapter 09) --------------------------------------------------------------------------------------------
+
+def _space_to_depth_cases(g):
+    return [dict(x=torch.randn(_ints(g, 1, 2), _ints(g, 1, 4), _ints(g, 1, 9), _ints(g, 1, 9), generator=g))
+            for _ in range(6)]
+
+
+@exercise("space_to_depth", _space_to_depth_cases,
+          "Space-to-depth with scale 2 in the official channel order: (B, C, H, W) -> (B, 4C, ceil(H/2), ceil(W/2)), "
+          "blocks (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col); odd H or W are "
+          "first zero-padded at the bottom / right.")
+def _space_to_depth(x):
+    from .conv.spdconv import space_to_depth
+    return space_to_depth(x, 2)
+
+
+def _spd_cost_cases(g):
+    return [dict(C=_ints(g, 1, 64), O=_ints(g, 1, 64), k=[1, 3, 5][_ints(g, 0, 2)], H=_ints(g, 1, 33),
+                 s=_ints(g, 2, 3)) for _ in range(8)]
+
+
+@exercise("spdconv_cost", _spd_cost_cases,
+          "Return (params, FLOPs) of an SPD-Conv replacing a bias-free k x k conv with stride s from C to O channels "
+          "on an H x H input (FLOPs = 2 x multiply-accumulates).")
+def _spdconv_cost(C, O, k, H, s):
+    from .conv.spdconv import SPDConv2d
+    from .measure import count_flops
+    m = SPDConv2d(C, O, k, stride=s)
+    return count_params(m), count_flops(m, (1, C, H, H))

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -34,14 +34,21 @@ from .train import train
 class Variant:
     """A named model configuration: keyword arguments for the backbone builder (``conv=``, ``attn=``, ``block=``,
     their ``*_kw``, ``conv_where=``), plus ``width_mult`` to widen the profile's base width (equal-budget
-    comparisons). Everything must be JSON-serialisable: it is hashed into the record's config."""
+    comparisons). Everything must be JSON-serialisable: it is hashed into the record's config.
+
+    ``prepare`` names a registered preparation step (``register_prepare``) that must run before the variant can be
+    trained, such as IC-Conv's dilation search; its JSON output's ``model_kw`` is merged into ``model_kw`` (see
+    ``prepare``). ``build`` without that output builds the unprepared network."""
     name: str
     model_kw: dict = field(default_factory=dict)
     backbone: Optional[str] = None
     note: str = ""
+    prepare: Optional[str] = None
+    prepare_kw: dict = field(default_factory=dict)
 
-    def build(self, profile: Profile, num_classes: int = 100) -> nn.Module:
-        kw = dict(self.model_kw)
+    def build(self, profile: Profile, num_classes: int = 100, model_kw: Optional[dict] = None) -> nn.Module:
+        """The variant's network; ``model_kw`` (e.g. from ``prepare``) replaces the variant's own kwargs."""
+        kw = dict(self.model_kw if model_kw is None else model_kw)
         backbone = self.backbone or profile.backbone
         width_mult = kw.pop("width_mult", 1.0)
         if backbone == "mobilenetv2":
@@ -53,13 +60,28 @@ class Variant:
 
 BASELINE = Variant("baseline", note="the plain backbone")
 EXPERIMENTS: dict[str, list[Variant]] = {}
+PREPARES: dict[str, Callable[..., dict]] = {}
 
 
 def register_experiment(chapter: str, variants: Sequence[Variant]) -> None:
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names of chapter {chapter!r} must be unique: {names}")
+    for v in variants:
+        if v.prepare is not None and v.prepare not in PREPARES:
+            raise ValueError(f"variant {v.name!r}: prepare={v.prepare!r} must be one of {sorted(PREPARES)} "
+                             "(register_prepare it first)")
     EXPERIMENTS[chapter] = list(variants)
+
+
+def register_prepare(name: str, fn: Callable[..., dict]) -> None:
+    """Register a preparation step: ``fn(profile, data, *, build, model_kw, seed, device, checkpoint, progress,
+    **prepare_kw) -> dict`` (JSON-serialisable). ``data`` is the profile's subset (train on ``data.train_*`` only:
+    the test split is for reporting), ``build(model_kw)`` builds the variant's backbone with the given kwargs, and
+    the returned ``"model_kw"`` is deep-merged into the variant's kwargs; everything else returned is provenance."""
+    if name in PREPARES and PREPARES[name] is not fn:
+        raise ValueError(f"prepare {name!r} is already registered to {PREPARES[name]!r}")
+    PREPARES[name] = fn
 
 
 register_experiment("baseline", [BASELINE])
@@ -88,6 +110,22 @@ register_experiment("c2sp", [BASELINE, Variant(
     note="C2sp (2x2 kernels, symmetric padding) in place of every 3x3 conv of the residual blocks"), Variant(
     "c2sp_wide", {"conv": "c2sp", "conv_kw": {"weight_init": "fan_out"}, "width_mult": 1.5},
     note="C2sp at 1.5x width: about the baseline's parameter count")])
+
+
+# IC-Conv (chapter 05): the dilation patterns come from EDO, a search run once per profile before the variant trains
+from . import edo as _edo  # noqa: E402
+
+register_prepare("edo", _edo.prepare)
+register_experiment("icconv", [BASELINE, Variant(
+    "icconv", {"conv": "icconv"}, prepare="edo",
+    prepare_kw={"D_max": 2, "supernet_budget": 1 / 3, "search_images": 1024},
+    note="IC-Conv in every 3x3 conv of the blocks; per-channel dilations (1..2 in H and W) searched by EDO")])
+
+# SPD-Conv (chapter 09): space-to-depth + a stride-1 conv in place of every strided conv (the paper's rule), i.e. the
+# three downsampling 3x3 convs AND their strided 1x1 shortcuts
+register_experiment("spdconv", [BASELINE, Variant(
+    "spdconv", {"conv": "spdconv", "conv_where": "strided"},
+    note="SPD-Conv for every strided conv: the downsampling 3x3 convs and their 1x1 shortcuts")])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,15 +174,106 @@ def get_data(profile: Profile) -> Dataset:
         return synthetic_cifar100(train=profile.train_images or 5000, test=profile.test_images or 1000)
 
 
-def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Optional[str] = None,
-               data: Optional[Dataset] = None, store: Optional[Path] = None, device=None, force: bool = False,
-               progress: bool = True) -> dict:
-    """Train ``variant`` with ``profile`` and ``seed``, measure its cost, write and return its results record."""
+def merge_kw(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``, recursively for nested dicts (``extra`` wins); neither is modified."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge_kw(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+PREPARE_SEED = 0  # a preparation (e.g. a search) runs once per profile and is shared by every seed of the variant
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, store: Optional[Path] = None,
+            device=None, force: bool = False, progress: bool = True) -> tuple[dict, Optional[dict]]:
+    """Run (or load) ``variant``'s preparation step; returns (the model kwargs to train with, the artefact or None).
+
+    The artefact (the step's JSON output plus provenance: config, hardware, versions, git commit, date, data) is
+    written atomically to ``<store>/<dataset>/<profile>/prepare/<backbone>__<step>__<config-hash>.json`` and reused
+    when present (smoke artefacts only while the library's code is unchanged), like a results record. Its config
+    hash covers the step, its kwargs, the variant's own kwargs, the recipe and the data, so any change re-runs it.
+    Variants without ``prepare`` return their own ``model_kw`` and None.
+    """
+    if variant.prepare is None:
+        return dict(variant.model_kw), None
+    if variant.prepare not in PREPARES:
+        raise ValueError(f"prepare={variant.prepare!r} must be one of {sorted(PREPARES)}")
     prof = get_profile(profile)
     data = (data if data is not None else get_data(prof)).subset(prof.train_images, prof.test_images, seed=0)
     backbone = variant.backbone or prof.backbone
-    config = {"backbone": backbone, "variant": variant.name, "model_kw": variant.model_kw, "recipe": prof.recipe(),
+    config = {"prepare": variant.prepare, "prepare_kw": variant.prepare_kw, "backbone": backbone,
+              "model_kw": variant.model_kw, "recipe": prof.recipe(), "seed": PREPARE_SEED,
               "num_classes": data.num_classes, "train_images": len(data.train_y), "test_images": len(data.test_y)}
+    chash = store_mod.config_hash(config)
+    store = Path(store) if store is not None else store_mod.default_store(prof.name)
+    path = store / data.source / prof.name / "prepare" / f"{backbone}__{variant.prepare}__{chash}.json"
+    code = code_sha()
+    artefact = None
+    if path.exists() and not force:
+        artefact = store_mod.read(path)
+        if prof.name in store_mod.COMMITTED_PROFILES or artefact.get("code_sha") == code:
+            if progress:
+                print(f"{variant.name}: {variant.prepare} output loaded from {path}")
+        else:
+            artefact = None
+    if artefact is None:
+        dev = _device(device)
+        if progress:
+            print(f"{variant.name}: running the preparation step {variant.prepare!r} ({prof.name} profile)")
+        t0 = time.perf_counter()
+        output = PREPARES[variant.prepare](
+            prof, data, build=lambda kw: variant.build(prof, data.num_classes, model_kw=kw),
+            model_kw=dict(variant.model_kw), seed=PREPARE_SEED, device=dev,
+            checkpoint=cache_dir() / "checkpoints" / prof.name / f"{path.stem}.pt", progress=progress,
+            **variant.prepare_kw)
+        artefact = {
+            "schema": 1, "kind": "prepare", "prepare": variant.prepare, "profile": prof.name, "backbone": backbone,
+            "config_hash": chash, "config": config, "output": output, "wall_time_s": time.perf_counter() - t0,
+            "hardware": hardware(dev), "versions": _versions(), "git": _git(), "code_sha": code,
+            "command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "data": {"source": data.source, "md5": data.md5, "train_images": len(data.train_y),
+                     "test_images": len(data.test_y)},
+        }
+        store_mod.write(artefact, path)
+        artefact = store_mod.read(path)  # what later runs will load: JSON types (lists, not tuples)
+    artefact["_path"] = str(path)
+    return merge_kw(variant.model_kw, artefact["output"].get("model_kw", {})), artefact
+
+
+def prepared_artefacts(prepare_name: str, profile: Optional[str] = None, store: Optional[Path] = None,
+                       dataset: str = "cifar100") -> list[dict]:
+    """Stored outputs of the preparation step ``prepare_name`` (oldest first), from the committed store by default;
+    ``profile`` limits them to one profile. Reading never runs a step (``prepare`` does)."""
+    store = Path(store) if store is not None else store_mod.results_dir()
+    found = []
+    for p in sorted((store / dataset).glob(f"{profile or '*'}/prepare/*__{prepare_name}__*.json")):
+        art = store_mod.read(p)
+        art["_path"] = str(p)
+        found.append(art)
+    return sorted(found, key=lambda a: a.get("date", ""))
+
+
+def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Optional[str] = None,
+               data: Optional[Dataset] = None, store: Optional[Path] = None, device=None, force: bool = False,
+               progress: bool = True, prepared: Optional[tuple] = None) -> dict:
+    """Train ``variant`` with ``profile`` and ``seed``, measure its cost, write and return its results record.
+
+    A variant with a preparation step is prepared first (``prepare``; pass its result as ``prepared`` to share
+    one preparation between seeds); the prepared kwargs are what the record's config holds and hashes."""
+    prof = get_profile(profile)
+    data = (data if data is not None else get_data(prof)).subset(prof.train_images, prof.test_images, seed=0)
+    model_kw, artefact = prepared if prepared is not None else prepare(
+        variant, prof, data=data, store=store, device=device, force=force, progress=progress)
+    backbone = variant.backbone or prof.backbone
+    config = {"backbone": backbone, "variant": variant.name, "model_kw": model_kw, "recipe": prof.recipe(),
+              "num_classes": data.num_classes, "train_images": len(data.train_y), "test_images": len(data.test_y)}
+    if artefact is not None:
+        config["prepare"] = {"name": variant.prepare, "config_hash": artefact["config_hash"]}
     chash = store_mod.config_hash(config)
     store = Path(store) if store is not None else store_mod.default_store(prof.name)
     path = store_mod.record_path(store, data.source, prof.name, backbone, variant.name, chash, seed)
@@ -158,10 +287,9 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
             if progress:
                 print(f"{variant.name} seed {seed}: loaded from {path}")
             return rec
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(device)
     torch.manual_seed(seed)
-    model = variant.build(prof, data.num_classes)
+    model = variant.build(prof, data.num_classes, model_kw=model_kw)
     checkpoint = cache_dir() / "checkpoints" / prof.name / f"{path.stem}.pt"
     if progress:
         print(f"{variant.name} seed {seed}: training {backbone} ({count_params(model) / 1e6:.2f}M params) "
@@ -185,14 +313,15 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
                        / sum(h["train_time_s"] for h in history)},
         "wall_time_s": wall, "train_time_s": sum(h["train_time_s"] for h in history),
         "hardware": hardware(device),
-        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                     "python": platform.python_version(), "plugconv_lite": _version()},
+        "versions": _versions(),
         "git": _git(), "code_sha": code, "command": " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"source": data.source, "md5": data.md5, "train_images": len(data.train_y),
                  "test_images": len(data.test_y)},
     }
+    if artefact is not None:
+        record["prepare"] = {"name": variant.prepare, "config_hash": artefact["config_hash"],
+                             "artefact": Path(artefact["_path"]).name}
     store_mod.write(record, path)
     checkpoint.unlink(missing_ok=True)
     return record
@@ -201,6 +330,12 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
 def _version() -> str:
     from . import __version__
     return __version__
+
+
+def _versions() -> dict:
+    return {"torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "python": platform.python_version(), "plugconv_lite": _version()}
 
 
 def run_chapter(chapter: str, profile=None, seeds: Optional[Sequence[int]] = None, variants=None,
@@ -213,8 +348,11 @@ def run_chapter(chapter: str, profile=None, seeds: Optional[Sequence[int]] = Non
     seeds = prof.seeds if seeds is None else tuple(seeds)
     chosen = [v for v in EXPERIMENTS[chapter] if variants is None or v.name in variants]
     data = get_data(prof)
-    records = [experiment(v, prof, s, chapter=chapter, data=data, device=device, force=force, progress=progress)
-               for v in chosen for s in seeds]
+    records = []
+    for v in chosen:
+        prepared = prepare(v, prof, data=data, device=device, force=force, progress=progress)
+        records += [experiment(v, prof, s, chapter=chapter, data=data, device=device, force=force,
+                               progress=progress, prepared=prepared) for s in seeds]
     if banner(prof):
         print(banner(prof))
     df = store_mod.table(records)

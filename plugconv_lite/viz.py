@@ -177,3 +177,61 @@ def erf_profiles(erfs, ax=None, title: str = "ERF along the centre row", floor: 
     ax.set_title(title)
     ax.legend(fontsize=7)
     return fig
+
+
+def dilation_grid(pattern, D_max: int, ax=None, title: Optional[str] = None, cmap="Blues"):
+    """How many output channels use each dilation (d_h, d_w) of a per-channel pattern (IC-Conv), as a D_max x D_max
+    grid annotated with the counts."""
+    fig, ax = _ax(ax, figsize=(3.6, 3.2))
+    counts = np.zeros((D_max, D_max), dtype=int)
+    for dh, dw in pattern:
+        counts[dh - 1, dw - 1] += 1
+    ax.imshow(counts, cmap=cmap, vmin=0, vmax=max(1, counts.max()) * 1.2)
+    for (i, j), n in np.ndenumerate(counts):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(D_max), range(1, D_max + 1))
+    ax.set_yticks(range(D_max), range(1, D_max + 1))
+    ax.grid(False)
+    ax.set_xlabel("dilation along W (d_w)")
+    ax.set_ylabel("dilation along H (d_h)")
+    ax.set_title(title or f"{counts.sum()} channels per dilation")
+    return fig
+
+
+def cost_bars(costs: dict, baseline: Optional[str] = None, title: str = "cost", axes=None):
+    """Side-by-side bars of parameters and FLOPs for named models: ``costs = {name: (params, flops)}``; ratios to
+    ``baseline`` (default: the first) are written on the bars."""
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    fig = axes[0].figure
+    names = list(costs)
+    base = costs[baseline or names[0]]
+    for ax, i, label, unit in [(axes[0], 0, "parameters", 1e6), (axes[1], 1, "FLOPs", 1e6)]:
+        values = [costs[n][i] / unit for n in names]
+        bars = ax.bar(names, values, color=PALETTE[: len(names)])
+        for b, n in zip(bars, names):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{costs[n][i] / base[i]:.2f}x", ha="center",
+                    va="bottom", fontsize=8)
+        ax.set_ylabel(f"{label} (M)")
+        ax.set_ylim(0, max(values) * 1.18)
+        ax.set_title(label)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def searched_patterns(patterns: dict, D_max: int, title: str = "searched dilation patterns"):
+    """Per-layer dilation patterns (``{layer: [(d_h, d_w), ...]}``, e.g. an EDO search): the share of each layer's
+    channels that moved away from (1, 1), and the channels per dilation summed over all layers."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained", gridspec_kw={"width_ratios": [2, 1]})
+    names = list(patterns)
+    share = [100 * sum(tuple(d) != (1, 1) for d in p) / len(p) for p in patterns.values()]
+    ax1.bar(range(len(names)), share, color=PALETTE[0])
+    ax1.set_xticks(range(len(names)), [n.replace("layer", "L") for n in names], rotation=60, fontsize=7)
+    ax1.set_ylim(0, 100)
+    ax1.set_ylabel("channels with d != (1, 1) (%)")
+    ax1.set_title(title)
+    dilation_grid([tuple(d) for p in patterns.values() for d in p], D_max, ax=ax2,
+                  title="all layers: channels per dilation")
+    return fig

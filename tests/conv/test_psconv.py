@@ -149,3 +149,13 @@ def test_load_dense_weight_checks_the_shape():
 
 def test_masked_is_a_masked_ps_conv():
     assert isinstance(PSConv2d(8, 8).masked(), MaskedPSConv2d)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_keeps_the_input_layout(channels_last, rng):
+    m = PSConv2d(16, 16)
+    x = torch.randn(2, 16, 8, 8, generator=rng)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = m(x.contiguous(memory_format=fmt))
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, reference(x, m.dense_weight(), 4, 2), atol=1e-4, rtol=1e-4)

@@ -145,3 +145,13 @@ def test_explicit_padding_keeps_the_replaced_convs_shape(h, w, stride):
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         PyConv2d(16, 16, **kw)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_keeps_the_input_layout_and_values(channels_last, rng):
+    m = PyConv2d(16, 16, resolution=32)
+    x = torch.randn(2, 16, 8, 8, generator=rng)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = m(x.contiguous(memory_format=fmt))
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, torch.cat([lv(x) for lv in m.levels], 1))

@@ -164,18 +164,19 @@ def sampling_overlay(kernels, labels=None, ax=None, extent: Optional[int] = None
     extent = extent or max(spans) + 2
     half = extent // 2
     labels = labels or [f"{k}x{k}, dilation {d}" for k, d in kernels]
+    cell = ax.get_window_extent().width * 72 / fig.dpi / extent    # points per input pixel
     order = sorted(range(len(kernels)), key=lambda i: -spans[i])
     for rank, i in enumerate(order):
         k, d = kernels[i]
         off = sampling_offsets(k, d)
-        ax.scatter(off[:, 1], off[:, 0], s=150 - 100 * rank / max(1, len(kernels) - 1), marker="s",
+        ax.scatter(off[:, 1], off[:, 0], s=(0.8 - 0.45 * rank / max(1, len(kernels) - 1)) ** 2 * cell ** 2, marker="s",
                    color=PALETTE[i % len(PALETTE)], label=labels[i], edgecolors="white", linewidths=0.5)
     ax.set_xlim(-half - .5, half + .5)
     ax.set_ylim(half + .5, -half - .5)
     ax.set_aspect("equal")
     ax.set_xlabel("input column offset")
     ax.set_ylabel("input row offset")
-    ax.legend(fontsize=7, loc="upper right", framealpha=0.9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_title(title or "sampling pattern of one output pixel")
     return fig
 
@@ -194,15 +195,19 @@ def padded_map(kernel_size: int, resolution: int, position=(0, 0), dilation: int
     off = sampling_offsets(kernel_size, dilation)
     rows, cols = off[:, 0] + position[0], off[:, 1] + position[1]
     inside = (rows >= 0) & (rows < resolution) & (cols >= 0) & (cols < resolution)
-    ax.scatter(cols[inside], rows[inside], s=30, marker="s", color=PALETTE[0], label="tap on the map")
-    ax.scatter(cols[~inside], rows[~inside], s=30, marker="x", color=PALETTE[3], label="tap on zero padding")
+    cell = ax.get_window_extent().width * 72 / fig.dpi / size    # points per map pixel
+    s = (0.55 * cell) ** 2
+    ax.scatter(cols[inside], rows[inside], s=s, marker="s", color=PALETTE[0], label="tap on the map")
+    ax.scatter(cols[~inside], rows[~inside], s=s, marker="x", color=PALETTE[3], label="tap on zero padding")
     ax.add_patch(plt.Rectangle((-.5, -.5), resolution, resolution, fill=False, color="k", lw=1))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.grid(False)
     ax.set_xlabel("input column")
     ax.set_ylabel("input row")
     ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
-    ax.set_title(title or f"{kernel_size}x{kernel_size} at output {tuple(position)} of a {resolution}x{resolution} map: "
-                          f"{inside.mean():.0%} on the map")
+    ax.set_title(title or f"{kernel_size}x{kernel_size} at output {tuple(position)} of a {resolution}x{resolution} map:\n"
+                          f"{inside.mean():.0%} of its taps on the map")
     return fig
 
 

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from .._validate import check_divides, check_int, check_odd
 from ..registry import register
-from ._layout import channels_last_on_cpu
 from .base import ConvBase
 
 
@@ -41,16 +40,18 @@ class PSConv2d(ConvBase):
 
     With C = C_in, O = C_out cut into P parts (C/P and O/P channels), output part j reads input part j with
     dilation d, input part (j + P/2) mod P with dilation 2d, and every other input part with dilation 1. Computed as
-    three grouped convolutions (groups = P), one per dilation, each touching only its own blocks:
+    three grouped convolutions, one per dilation, each touching only its own blocks:
 
-        y = Conv_{d}(x, W_d, groups=P) + Conv_{2d}(x_shift, W_2d, groups=P) + Conv_{1}(x_rest, W_1, groups=P)
+        y = Conv_d(x, W_d, groups=P) + Conv_2d(x_shift, W_2d, groups=P) + unpair(Conv_1(x_rest, W_1, groups=P/2))
 
     x_shift (B, C, H, W): x with its parts rotated by P/2, so that its part j is x's part (j + P/2) mod P.
-    x_rest (B, (P-2) C, H, W): for each j, the P-2 remaining input parts (j + r) mod P, r = 1 .. P-1, r != P/2.
-    W_d, W_2d: (O, C/P, k, k) (the official code's ``gwconv`` / ``gwconv_shift`` layouts); W_1: (O, (P-2) C/P, k, k).
-    Together they hold exactly O * C * k^2 weights, and the three convs do exactly the plain conv's O * C * k^2
-    multiply-accumulates per output pixel. ``dense_weight()`` / ``load_dense_weight(W)`` map to and from the dense
-    (O, C, k, k) weight of the official formulation.
+    Dilation 1: output parts a and a + P/2 read the same P-2 input parts, (a + r) mod P for r != 0, P/2; so group
+    a (a = 0 .. P/2-1) of one grouped conv computes both, from x_rest (B, (P-2) C/2, H, W), which holds those parts
+    for each a; ``unpair`` puts its outputs (pair by pair) back in channel order (P = 4: x_rest is a permutation of x).
+    W_d, W_2d: (O, C/P, k, k) (the official code's ``gwconv`` / ``gwconv_shift`` layouts); W_1: (O, (P-2) C/P, k, k)
+    with its rows pair by pair. Together they hold exactly O * C * k^2 weights, and the three convs do exactly the
+    plain conv's O * C * k^2 multiply-accumulates per output pixel. ``dense_weight()`` / ``load_dense_weight(W)``
+    map to and from the dense (O, C, k, k) weight of the official formulation.
 
     The conv's own ``dilation`` (default 1) multiplies every rate. groups must be 1: the official grouped variant
     (PSGConv2d) has a mask indexing we could not verify, so it is not reproduced. Init: Kaiming-normal (fan-out,
@@ -72,27 +73,27 @@ class PSConv2d(ConvBase):
         for name, k in zip(("kernel_size[0]", "kernel_size[1]"), self.kernel_size):
             check_odd(name, k)
         C, O, (kh, kw) = self.in_channels, self.out_channels, self.kernel_size
-        Ci = C // P
+        Ci, half = C // P, P // 2
         self.weight_d = nn.Parameter(torch.empty(O, Ci, kh, kw))
         self.weight_2d = nn.Parameter(torch.empty(O, Ci, kh, kw))
         self.register_parameter("weight_1", nn.Parameter(torch.empty(O, (P - 2) * Ci, kh, kw)) if P > 2 else None)
         self.register_parameter("bias", nn.Parameter(torch.empty(O)) if self.use_bias else None)
 
-        # x_rest's channels: for output part j = 0 .. P-1, the input parts (j + r) mod P with r in `rest`
-        part = torch.arange(C).view(P, Ci)
-        rest = torch.tensor([r for r in range(1, P) if r != P // 2], dtype=torch.long)
-        rest_parts = (torch.arange(P)[:, None] + rest[None, :]) % P          # (P, P - 2)
-        self.register_buffer("rest_index", part[rest_parts].reshape(-1), persistent=False)
+        # dilation 1, pair a = output parts (a, a + P/2): input parts (a + r) mod P, r in `rest`
+        rest = torch.tensor([r for r in range(1, P) if r != half], dtype=torch.long)
+        pair_inputs = (torch.arange(half)[:, None] + rest[None, :]) % P                     # (P/2, P-2) parts
+        pair_outputs = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1)  # (P/2, 2) parts
+        in_part, out_part = torch.arange(C).view(P, Ci), torch.arange(O).view(P, O // P)
+        self.register_buffer("rest_index", in_part[pair_inputs].reshape(-1), persistent=False)
+        # W_1's row r is output channel pair_order[r]; unpair_index[o] is the row of output channel o
+        self.register_buffer("pair_order", out_part[pair_outputs].reshape(-1), persistent=False)
+        self.register_buffer("unpair_index", torch.argsort(self.pair_order), persistent=False)
         self.reset_parameters()
 
     def _padding(self, rate: int) -> tuple[int, int]:
         """Padding for a dilation ``rate`` (times the conv's dilation) that gives the output size of the base conv."""
         return tuple(p + (rate - 1) * dl * (k - 1) // 2
                      for p, dl, k in zip(self.padding, self.dilation, self.kernel_size))
-
-    def rates(self) -> tuple[int, int, int]:
-        """The three dilation rates (d, 2d, 1), before multiplying by the conv's own dilation."""
-        return self.d, 2 * self.d, 1
 
     def reset_parameters(self) -> None:
         std = math.sqrt(2.0 / (self.out_channels * self.kernel_size[0] * self.kernel_size[1]))   # dense fan-out
@@ -105,14 +106,14 @@ class PSConv2d(ConvBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         P, d = self.parts, self.d
         dil = lambda rate: tuple(rate * dl for dl in self.dilation)  # noqa: E731
-        x, restore = channels_last_on_cpu(x)   # grouped convs: faster on a CPU (see _layout)
         y = F.conv2d(x, self.weight_d, self.bias, self.stride, self._padding(d), dil(d), P)
         x_shift = torch.roll(x, self.in_channels // 2, dims=1)
         y = y + F.conv2d(x_shift, self.weight_2d, None, self.stride, self._padding(2 * d), dil(2 * d), P)
         if self.weight_1 is not None:
             x_rest = x.index_select(1, self.rest_index)
-            y = y + F.conv2d(x_rest, self.weight_1, None, self.stride, self._padding(1), dil(1), P)
-        return y.contiguous() if restore else y
+            y_1 = F.conv2d(x_rest, self.weight_1, None, self.stride, self._padding(1), dil(1), P // 2)
+            y = y + y_1.index_select(1, self.unpair_index)
+        return y
 
     # --- the dense view -------------------------------------------------------------------------------------------
 
@@ -121,17 +122,19 @@ class PSConv2d(ConvBase):
         return dilation_map(self.parts, self.d)
 
     def _column_index(self) -> torch.Tensor:
-        """(O, C): for output channel o, the input channel each column of cat(W_d, W_2d, W_1)[o] belongs to."""
+        """(O, C): for output channel o, the input channel of each column of cat(W_d[o], W_2d[o], W_1[row of o])."""
         P, C, O = self.parts, self.in_channels, self.out_channels
-        part = torch.arange(C).view(P, C // P)
+        half, Ci = P // 2, C // P
+        part = torch.arange(C).view(P, Ci)
         j = torch.arange(P)
-        order = [j[:, None]] + [(j[:, None] + P // 2) % P] + \
-            [(j[:, None] + r) % P for r in range(1, P) if r != P // 2]
-        cols = part[torch.cat(order, dim=1)].reshape(P, C)          # (P, C) per output part
-        return cols.repeat_interleave(O // P, dim=0).to(self.weight_d.device)
+        rest = torch.tensor([r for r in range(1, P) if r != half], dtype=torch.long)
+        parts = torch.cat([j[:, None], ((j + half) % P)[:, None], (j[:, None] % half + rest[None, :]) % P], dim=1)
+        return part[parts].reshape(P, C).repeat_interleave(O // P, dim=0).to(self.weight_d.device)
 
     def _weights(self) -> list[torch.Tensor]:
-        return [w for w in (self.weight_d, self.weight_2d, self.weight_1) if w is not None]
+        """W_d, W_2d and (P > 2) W_1 with its rows in output-channel order."""
+        ws = [self.weight_d, self.weight_2d]
+        return ws + ([self.weight_1.index_select(0, self.unpair_index)] if self.weight_1 is not None else [])
 
     def dense_weight(self) -> torch.Tensor:
         """The (O, C, k, k) weight of the official (dense) formulation: block (j, i) holds the kernel that connects
@@ -149,8 +152,11 @@ class PSConv2d(ConvBase):
         index = self._column_index()[:, :, None, None].expand(expected)
         W_cat = W.to(self.weight_d).gather(1, index)
         Ci = self.in_channels // self.parts
-        for w, chunk in zip(self._weights(), W_cat.split([Ci, Ci, W_cat.shape[1] - 2 * Ci], dim=1)):
-            w.copy_(chunk)
+        W_d, W_2d, W_1 = W_cat.split([Ci, Ci, W_cat.shape[1] - 2 * Ci], dim=1)
+        self.weight_d.copy_(W_d)
+        self.weight_2d.copy_(W_2d)
+        if self.weight_1 is not None:
+            self.weight_1.copy_(W_1.index_select(0, self.pair_order))
         return self
 
     def masked(self) -> "MaskedPSConv2d":

@@ -194,6 +194,7 @@ class MaskedPSConv2d(nn.Module):
         mask = covered.repeat_interleave(Co, 0).repeat_interleave(Ci, 1)[:, :, None, None]
         self.register_buffer("mask", mask.expand_as(self.conv.weight).clone())
         with torch.no_grad():
+            self.mask = self.mask.to(ps.weight_d.device)
             self.gwconv.weight.copy_(ps.weight_d)
             if ps.bias is not None:
                 self.gwconv.bias.copy_(ps.bias)
@@ -201,6 +202,7 @@ class MaskedPSConv2d(nn.Module):
             self.conv.weight.copy_(ps.dense_weight().masked_fill(self.mask, 0.0))
         self.conv.weight.register_hook(lambda g: g.masked_fill(self.mask, 0.0))
         self.in_channels = ps.in_channels
+        self.to(ps.weight_d.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_shift = torch.roll(x, self.in_channels // 2, dims=1)

@@ -442,3 +442,72 @@ def _spdconv_cost(C, O, k, H, s):
     from .measure import count_flops
     m = SPDConv2d(C, O, k, stride=s)
     return count_params(m), count_flops(m, (1, C, H, H))
+
+
+# PyConv -----------------------------------------------------------------------------------------------------------
+
+def _pyconv_param_cases(g):
+    cases = []
+    for _ in range(8):
+        L = _ints(g, 1, 4)
+        C_in = [16, 32, 48, 64][_ints(g, 0, 3)]
+        groups = [[1, 2, 4, 8, 16][_ints(g, 0, 4)] for _ in range(L)]
+        splits = [G * _ints(g, 1, 4) for G in groups]
+        cases.append(dict(C_in=C_in, kernels=[3 + 2 * l for l in range(L)], groups=groups, splits=splits))
+    return cases
+
+
+@exercise("pyconv_params", _pyconv_param_cases,
+          "Return the number of parameters (an int) of a bias-free PyConv with C_in input channels and levels given "
+          "by kernels[l], groups[l] and splits[l] (output channels of level l).")
+def _pyconv_params(C_in, kernels, groups, splits):
+    from .conv.pyconv import PyConv2d
+    return count_params(PyConv2d(C_in, sum(splits), kernels=kernels, groups=groups, splits=splits))
+
+
+def _coverage_cases(g):
+    return [dict(kernel_size=[1, 3, 5, 7, 9][_ints(g, 0, 4)], resolution=_ints(g, 1, 32), dilation=_ints(g, 1, 2))
+            for _ in range(10)]
+
+
+@exercise("tap_coverage", _coverage_cases,
+          "Return (a float) the fraction of a k x k kernel's taps (dilation d) that land on an R x R map rather than "
+          "on its zero padding, averaged over all output positions of a stride-1, same-padded convolution.")
+def _tap_coverage(kernel_size, resolution, dilation):
+    from .conv.pyconv import tap_coverage
+    return tap_coverage(kernel_size, resolution, dilation)
+
+
+# PSConv -----------------------------------------------------------------------------------------------------------
+
+def _psconv_map_cases(g):
+    return [dict(P=P, d=d) for P, d in [(2, 1), (2, 2), (4, 2), (4, 1), (6, 3), (8, 2)]]
+
+
+@exercise("psconv_dilation_map", _psconv_map_cases,
+          "Return a (P, P) tensor whose entry [j, i] is the dilation rate PSConv uses between input part i and "
+          "output part j (parts P, base dilation d).")
+def _psconv_dilation_map(P, d):
+    from .conv.psconv import dilation_map
+    return dilation_map(P, d).float()
+
+
+def _psconv_forward_cases(g):
+    cases = []
+    for _ in range(5):
+        P, d, k = [2, 4][_ints(g, 0, 1)], _ints(g, 1, 2), [1, 3, 3, 5][_ints(g, 0, 3)]
+        C, O = P * _ints(g, 1, 3), P * _ints(g, 1, 3)
+        cases.append(dict(x=torch.randn(_ints(g, 1, 2), C, _ints(g, 3, 9), _ints(g, 3, 9), generator=g),
+                          W=torch.randn(O, C, k, k, generator=g), P=P, d=d))
+    return cases
+
+
+@exercise("psconv_forward", _psconv_forward_cases,
+          "Implement PSConv's forward pass (stride 1, same padding, no bias) from its dense weight W (O, C, k, k): "
+          "output part j reads input part j with dilation d, part (j + P/2) mod P with dilation 2d, the others "
+          "with dilation 1.")
+def _psconv_forward(x, W, P, d):
+    from .conv.psconv import PSConv2d
+    m = PSConv2d(W.shape[1], W.shape[0], W.shape[-1], parts=P, d=d).load_dense_weight(W)
+    with torch.no_grad():
+        return m(x)

@@ -86,6 +86,12 @@ def register_prepare(name: str, fn: Callable[..., dict]) -> None:
 
 register_experiment("baseline", [BASELINE])
 register_experiment("se", [BASELINE, Variant("se", {"attn": "se"}, note="SE (reduction 16) on every residual branch")])
+register_experiment("pyconv", [BASELINE, Variant(
+    "pyconv", {"conv": "pyconv"},
+    note="PyConv on every 3x3 conv of the blocks, pyramid per stage: kernels 3-9 / 3-7 / 3-5 / 3 at 32 / 16 / 8 / 4 px")])
+register_experiment("psconv", [BASELINE, Variant(
+    "psconv", {"conv": "psconv", "conv_kw": {"parts": 4, "d": 2}},
+    note="PSConv (P=4 parts, d=2: dilations 1, 2, 4) on every 3x3 conv of the blocks")])
 register_experiment("scconv", [BASELINE, Variant("scconv", {"conv": "scconv", "conv_kw": {"pooling_r": 4}},
                                                 note="SCConv (pooling_r 4) in place of every 3x3 conv of the blocks")])
 register_experiment("res2net", [

@@ -235,3 +235,74 @@ def searched_patterns(patterns: dict, D_max: int, title: str = "searched dilatio
     dilation_grid([tuple(d) for p in patterns.values() for d in p], D_max, ax=ax2,
                   title="all layers: channels per dilation")
     return fig
+
+
+def sampling_overlay(kernels, labels=None, ax=None, extent: Optional[int] = None, title: Optional[str] = None):
+    """The taps of several k x k kernels around one output pixel, one colour each: ``kernels`` is a list of
+    ``(kernel_size, dilation)``. Larger patterns are drawn first (bigger markers), so nested ones stay visible."""
+    fig, ax = _ax(ax)
+    spans = [d * (k - 1) + 1 for k, d in kernels]
+    extent = extent or max(spans) + 2
+    half = extent // 2
+    labels = labels or [f"{k}x{k}, dilation {d}" for k, d in kernels]
+    cell = ax.get_window_extent().width * 72 / fig.dpi / extent    # points per input pixel
+    order = sorted(range(len(kernels)), key=lambda i: -spans[i])
+    for rank, i in enumerate(order):
+        k, d = kernels[i]
+        off = sampling_offsets(k, d)
+        ax.scatter(off[:, 1], off[:, 0], s=(0.8 - 0.45 * rank / max(1, len(kernels) - 1)) ** 2 * cell ** 2, marker="s",
+                   color=PALETTE[i % len(PALETTE)], label=labels[i], edgecolors="white", linewidths=0.5)
+    ax.set_xlim(-half - .5, half + .5)
+    ax.set_ylim(half + .5, -half - .5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("input column offset")
+    ax.set_ylabel("input row offset")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    ax.set_title(title or "sampling pattern of one output pixel")
+    return fig
+
+
+def padded_map(kernel_size: int, resolution: int, position=(0, 0), dilation: int = 1, ax=None,
+               title: Optional[str] = None):
+    """An R x R feature map (grey) inside its zero padding (white), and the taps a same-padded k x k kernel reads for
+    the output pixel at ``position``: blue on the map, red on the padding."""
+    fig, ax = _ax(ax)
+    pad = dilation * (kernel_size - 1) // 2
+    size = resolution + 2 * pad
+    grid = np.full((size, size), 0.06)
+    grid[pad:pad + resolution, pad:pad + resolution] = 0.35
+    ax.imshow(grid, cmap="Greys", vmin=0, vmax=1, extent=(-pad - .5, resolution + pad - .5,
+                                                         resolution + pad - .5, -pad - .5))
+    off = sampling_offsets(kernel_size, dilation)
+    rows, cols = off[:, 0] + position[0], off[:, 1] + position[1]
+    inside = (rows >= 0) & (rows < resolution) & (cols >= 0) & (cols < resolution)
+    cell = ax.get_window_extent().width * 72 / fig.dpi / size    # points per map pixel
+    s = (0.55 * cell) ** 2
+    ax.scatter(cols[inside], rows[inside], s=s, marker="s", color=PALETTE[0], label="tap on the map")
+    ax.scatter(cols[~inside], rows[~inside], s=s, marker="x", color=PALETTE[3], label="tap on zero padding")
+    ax.add_patch(plt.Rectangle((-.5, -.5), resolution, resolution, fill=False, color="k", lw=1))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.grid(False)
+    ax.set_xlabel("input column")
+    ax.set_ylabel("input row")
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.set_title(title or f"{kernel_size}x{kernel_size} at output {tuple(position)} of a {resolution}x{resolution} map:\n"
+                          f"{inside.mean():.0%} of its taps on the map")
+    return fig
+
+
+def annotated_heatmap(values, ax=None, title: str = "", xlabel: str = "", ylabel: str = "", cmap="viridis",
+                      fmt: str = "{:g}", colorbar: bool = False, **kw):
+    """``heatmap`` with each cell's value written in it (for small matrices: dilation maps, block costs)."""
+    values = np.asarray(values)
+    fig = heatmap(values, ax=ax, title=title, xlabel=xlabel, ylabel=ylabel, cmap=cmap, colorbar=colorbar, **kw)
+    ax = ax or fig.axes[0]
+    lo, hi = float(values.min()), float(values.max())
+    for (r, c), v in np.ndenumerate(values):
+        light = hi > lo and (v - lo) / (hi - lo) < 0.5
+        ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8 if values.shape[0] > 6 else 10,
+                color="white" if light else "black")
+    ax.set_xticks(range(values.shape[1]))
+    ax.set_yticks(range(values.shape[0]))
+    return fig

@@ -5,7 +5,7 @@
 
 The recipe (all profiles): SGD with Nesterov momentum 0.9, weight decay 5e-4 on weights (not on BN or biases),
 linear warm-up then cosine decay to zero, label smoothing 0.1, random crop (4-pixel zero padding) + horizontal flip,
-mixed precision (bf16 where supported) and channels_last on a GPU.
+channels_last activations, and mixed precision (bf16 where supported) on a GPU.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Profile:
     nesterov: bool = True
     label_smoothing: float = 0.1
     amp: bool = True              # mixed precision on CUDA (bf16 if supported, else fp16 with a grad scaler)
-    channels_last: bool = True    # on CUDA
+    channels_last: bool = True    # NHWC activations (GPU and CPU)
     compile: bool = False         # torch.compile the model (CUDA only)
     allow_synthetic: bool = False  # fall back to synthetic data when CIFAR-100 is absent (smoke only)
     description: str = field(default="", compare=False)

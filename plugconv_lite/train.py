@@ -2,7 +2,8 @@
 
 Speed, and why each trick is here:
 - the dataset lives on the device as uint8 and is augmented there (``data.DeviceLoader``): no CPU data pipeline;
-- channels_last + bf16 autocast on a GPU: convolutions run on tensor cores without layout transposes;
+- channels_last + bf16 autocast on a GPU: convolutions run on tensor cores without layout transposes (channels_last
+  also speeds up the CPU smoke runs by about a fifth);
 - the loss and accuracy are accumulated as device tensors and read once per epoch: no host sync per step;
 - optional ``torch.compile`` (full profile) fuses the element-wise work around the convolutions.
 
@@ -105,7 +106,7 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    channels_last = cuda and profile.channels_last
+    channels_last = profile.channels_last  # NHWC: tensor cores on a GPU; oneDNN's faster kernels on a CPU too
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     dtype = amp_dtype(device, profile.amp)
     data = data.to(device)

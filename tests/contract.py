@@ -54,3 +54,19 @@ def check_bf16_autocast(module: nn.Module, x: torch.Tensor):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = module(x)
     assert torch.isfinite(y.float()).all()
+
+
+def check_channels_last(module: nn.Module, x: torch.Tensor, atol=1e-5):
+    """A channels-last input (what the trainer feeds on a GPU) gives the contiguous input's output and gradients."""
+    module.train()
+    xs = [x.clone().requires_grad_(True), x.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)]
+    outs, grads = [], []
+    for xi in xs:
+        module.zero_grad(set_to_none=True)
+        y = module(xi)
+        y.square().mean().backward()
+        outs.append(y.detach())
+        grads.append([p.grad.clone() for p in module.parameters() if p.grad is not None] + [xi.grad])
+    torch.testing.assert_close(outs[1].contiguous(), outs[0], atol=atol, rtol=1e-4)
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(b.contiguous(), a, atol=atol, rtol=1e-4)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import plugconv_lite as pl
-from contract import (check_attention_shapes, check_bf16_autocast, check_compile_and_export, check_conv_shapes,
-                      check_gradients)
+from contract import (check_attention_shapes, check_bf16_autocast, check_channels_last, check_compile_and_export,
+                      check_conv_shapes, check_gradients)
 
 CONVS = pl.available("conv")
 ATTENTIONS = pl.available("attention")
@@ -19,6 +19,23 @@ def test_conv_output_shape_matches_nn_conv2d(name):
 @pytest.mark.parametrize("name", CONVS)
 def test_conv_gradients_reach_every_parameter(name):
     check_gradients(pl.create(name, 16, 32, 3), torch.randn(2, 16, 9, 9))
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_conv_accepts_channels_last(name):
+    torch.manual_seed(0)
+    check_channels_last(pl.create(name, 16, 32, 3, stride=2), torch.randn(2, 16, 9, 8))
+
+
+@pytest.mark.parametrize("name", ATTENTIONS)
+def test_attention_accepts_channels_last(name):
+    check_channels_last(pl.create(name, 32), torch.randn(2, 32, 6, 6))
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_accepts_channels_last(name):
+    torch.manual_seed(0)
+    check_channels_last(pl.create(name, 32, 64, stride=2), torch.randn(2, 32, 8, 8))
 
 
 @pytest.mark.parametrize("name", CONVS)

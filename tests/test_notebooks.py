@@ -63,7 +63,7 @@ def test_chapter_follows_the_standard(path):
     assert "experiments.chapter_report(" in code, "the experiment"
     assert "exercises.check(" in code, "at least one auto-checked exercise"
     assert md.count("**1") and md.count("**2"), "at least two exercises"
-    assert "{cite}" in md and "{bibliography}" in md, "bibtex citations"
+    assert "{footcite}" in md and "{footbibliography}" in md, "bibtex citations, listed at the end of the page"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

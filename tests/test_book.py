@@ -1,7 +1,8 @@
 """Build the book (executing every notebook on the smoke profile) and check the built site in headless Chromium.
 
 The build runs once per session into a temporary folder, with a fresh library cache, so every chapter's smoke
-experiment really runs. Deselect with ``-m "not book"`` for a quick library-only run.
+experiment really runs. Deselect with ``-m "not book"`` for a quick library-only run; set ``PLUGCONV_BUILT_SITE`` to
+an already built ``_build/html`` folder to check that site instead of building one.
 """
 import base64
 import functools
@@ -33,6 +34,8 @@ def _toc_pages():
 
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
+    if os.environ.get("PLUGCONV_BUILT_SITE"):
+        return Path(os.environ["PLUGCONV_BUILT_SITE"])
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ, PLUGCONV_PROFILE="smoke", PLUGCONV_CACHE=str(out / "cache"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -385,7 +385,7 @@ def chapter_report(chapter: str, profile=None, metric_digits: int = 2) -> None:
     df = run_chapter(chapter, prof, progress=False)
     shown = ["variant", "seeds", "top1_mean", "top1_std", "top5_mean", "params_M", "MFLOPs", "delta_top1"]
     display(Markdown(f"**Active profile: `{prof.name}`**: {prof.description}"))
-    display(df[shown].round(metric_digits))
+    display(df[shown].set_index("variant").round(metric_digits))
     full = store_mod.load(profile="full", chapter=chapter)
     if not full:
         display(Markdown(
@@ -395,7 +395,7 @@ def chapter_report(chapter: str, profile=None, metric_digits: int = 2) -> None:
         return
     table = store_mod.table(full)
     display(Markdown(f"**Full profile** (`results/`; {store_mod.provenance(full)}):"))
-    display(table[shown + ["latency_ms", "images_per_s"]].round(metric_digits))
+    display(table[shown + ["latency_ms", "images_per_s"]].set_index("variant").round(metric_digits))
     result_bars(table, title=f"{chapter}: CIFAR-100 top-1 (full profile, mean +- std over seeds)")
     import matplotlib.pyplot as plt
     plt.show()

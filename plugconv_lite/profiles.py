@@ -87,6 +87,7 @@ def banner(p: Profile) -> Optional[str]:
     """The warning printed above smoke-profile numbers (None for the other profiles)."""
     if p.name != "smoke":
         return None
-    return ("=" * 100 + "\nSMOKE PROFILE: these numbers come from a tiny CPU run. They prove that the code path runs, "
-            "nothing more;\ndo not read them as a module helping or hurting. Full-profile results, where they "
-            "exist, are shown from results/.\n" + "=" * 100)
+    rule = "=" * 72
+    return (f"{rule}\nSMOKE PROFILE: these numbers come from a tiny CPU run. They prove that\n"
+            "the code path runs, nothing more; do not read them as a module helping\n"
+            "or hurting. Full-profile results, where they exist, come from results/.\n" + rule)

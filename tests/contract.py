@@ -70,3 +70,21 @@ def check_channels_last(module: nn.Module, x: torch.Tensor, atol=1e-5):
     torch.testing.assert_close(outs[1].contiguous(), outs[0], atol=atol, rtol=1e-4)
     for a, b in zip(grads[0], grads[1]):
         torch.testing.assert_close(b.contiguous(), a, atol=atol, rtol=1e-4)
+
+
+def randomise_norms(m: nn.Module, g: torch.Generator) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters (so a reference must apply them correctly); eval mode."""
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            with torch.no_grad():
+                bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
+                bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+                bn.weight.copy_(torch.randn(bn.num_features, generator=g))
+                bn.bias.copy_(torch.randn(bn.num_features, generator=g))
+    return m.eval()
+
+
+def bn_eval(t: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """An eval-mode BatchNorm2d written out."""
+    return (t - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) \
+        * bn.weight[:, None, None] + bn.bias[:, None, None]

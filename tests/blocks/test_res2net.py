@@ -6,38 +6,23 @@ import torch.nn.functional as F
 import plugconv_lite as pl
 from plugconv_lite.blocks import Res2NetBlock
 from plugconv_lite.measure import count_params
-
-
-def _randomise_norms(m: nn.Module, g: torch.Generator) -> nn.Module:
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            with torch.no_grad():
-                bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
-                bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-                bn.weight.copy_(torch.randn(bn.num_features, generator=g))
-                bn.bias.copy_(torch.randn(bn.num_features, generator=g))
-    return m.eval()
-
-
-def _bn(t, bn):
-    return (t - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) \
-        * bn.weight[:, None, None] + bn.bias[:, None, None]
+from contract import bn_eval, randomise_norms
 
 
 def _reference(m: Res2NetBlock, x: torch.Tensor) -> torch.Tensor:
     """MODULES.md's Bottle2neck written out with F.conv2d (the official loop, identity split last)."""
     s, w, st = m.scale, m.width, m.stride
-    xs = torch.relu(_bn(F.conv2d(x, m.conv1.weight), m.bn1)).split(w, dim=1)
+    xs = torch.relu(bn_eval(F.conv2d(x, m.conv1.weight), m.bn1)).split(w, dim=1)
     n = 1 if s == 1 else s - 1
     ys = []
     for i in range(n):
         sp = xs[i] if (i == 0 or m.stype == "stage") else sp + xs[i]  # noqa: F821 (sp from the previous step)
-        sp = torch.relu(_bn(F.conv2d(sp, m.convs[i].weight, stride=st, padding=1), m.bns[i]))
+        sp = torch.relu(bn_eval(F.conv2d(sp, m.convs[i].weight, stride=st, padding=1), m.bns[i]))
         ys.append(sp)
     if s > 1:
         ys.append(xs[n] if m.stype == "normal" else F.avg_pool2d(xs[n], 3, st, 1))
-    out = _bn(F.conv2d(torch.cat(ys, 1), m.conv3.weight), m.bn3)
-    short = x if isinstance(m.shortcut, nn.Identity) else _bn(F.conv2d(x, m.shortcut[0].weight, stride=st),
+    out = bn_eval(F.conv2d(torch.cat(ys, 1), m.conv3.weight), m.bn3)
+    short = x if isinstance(m.shortcut, nn.Identity) else bn_eval(F.conv2d(x, m.shortcut[0].weight, stride=st),
                                                                   m.shortcut[1])
     return torch.relu(out + short)
 
@@ -46,7 +31,7 @@ def _reference(m: Res2NetBlock, x: torch.Tensor) -> torch.Tensor:
                                                            (32, 32, 1, 5, "stage"), (24, 24, 1, 2, "normal"),
                                                            (16, 16, 1, 1, "normal"), (8, 16, 2, 1, "stage")])
 def test_forward_equals_the_official_loop(rng, c_in, c_out, stride, scale, stype):
-    m = _randomise_norms(Res2NetBlock(c_in, c_out, stride, scale=scale, width=5, stype=stype), rng)
+    m = randomise_norms(Res2NetBlock(c_in, c_out, stride, scale=scale, width=5, stype=stype), rng)
     x = torch.randn(2, c_in, 9, 7, generator=rng)
     torch.testing.assert_close(m(x), _reference(m, x), atol=1e-5, rtol=1e-4)
 

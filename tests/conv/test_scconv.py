@@ -5,32 +5,16 @@ import torch.nn.functional as F
 
 from plugconv_lite.conv import SCConv2d
 from plugconv_lite.measure import count_flops, count_params
-
-
-def _randomise_norms(m: nn.Module, g: torch.Generator) -> nn.Module:
-    """Non-trivial BN statistics and affine parameters, so that the reference must apply them correctly."""
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            with torch.no_grad():
-                bn.running_mean.copy_(torch.randn(bn.num_features, generator=g))
-                bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-                bn.weight.copy_(torch.randn(bn.num_features, generator=g))
-                bn.bias.copy_(torch.randn(bn.num_features, generator=g))
-    return m.eval()
-
-
-def _bn(t, bn):
-    return (t - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) \
-        * bn.weight[:, None, None] + bn.bias[:, None, None]
+from contract import bn_eval, randomise_norms
 
 
 def _official_equations(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
     """MODULES.md's SCConv, written out with F.conv2d; valid when r divides H and W (as in the official code)."""
     C_1, r, s, p = m.C_1, m.pooling_r, m.stride, m.padding
     X_1, X_2 = x[:, :C_1], x[:, C_1:]
-    k2 = _bn(F.conv2d(F.avg_pool2d(X_1, r, r), m.K2[0].weight, padding=1), m.K2[1])
+    k2 = bn_eval(F.conv2d(F.avg_pool2d(X_1, r, r), m.K2[0].weight, padding=1), m.K2[1])
     gate = torch.sigmoid(X_1 + F.interpolate(k2, size=X_1.shape[-2:]))  # nearest, F.interpolate's default
-    k3 = _bn(F.conv2d(X_1, m.K3[0].weight, padding=1), m.K3[1])
+    k3 = bn_eval(F.conv2d(X_1, m.K3[0].weight, padding=1), m.K3[1])
     Y_1 = F.conv2d(k3 * gate, m.K4.weight, stride=s, padding=p)
     Y_2 = F.conv2d(X_2, m.K1.weight, stride=s, padding=p)
     return torch.cat((Y_1, Y_2), 1)
@@ -39,7 +23,7 @@ def _official_equations(m: SCConv2d, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("c_in,c_out,stride,r,hw", [(16, 16, 1, 4, (8, 12)), (16, 16, 2, 4, (16, 8)),
                                                     (8, 12, 1, 2, (6, 10)), (10, 6, 2, 1, (5, 7))])
 def test_forward_equals_the_official_equations(rng, c_in, c_out, stride, r, hw):
-    m = _randomise_norms(SCConv2d(c_in, c_out, 3, stride, pooling_r=r), rng)
+    m = randomise_norms(SCConv2d(c_in, c_out, 3, stride, pooling_r=r), rng)
     x = torch.randn(2, c_in, *hw, generator=rng)
     torch.testing.assert_close(m(x), _official_equations(m, x), atol=1e-5, rtol=1e-4)
 
@@ -48,7 +32,7 @@ def test_forward_equals_the_official_equations(rng, c_in, c_out, stride, r, hw):
 def test_each_pixel_is_calibrated_by_its_own_pooling_window(rng, hw, r):
     """Sizes not divisible by r (or smaller than r): the context at (i, j) is K_2 of the pooled map at
     (i // r, j // r), and each pooled cell is the mean of the pixels of its (possibly clipped) window."""
-    m = _randomise_norms(SCConv2d(8, 8, pooling_r=r), rng)
+    m = randomise_norms(SCConv2d(8, 8, pooling_r=r), rng)
     X_1 = torch.randn(2, m.C_1, *hw, generator=rng)
     H, W = hw
     Hp, Wp = -(-H // r), -(-W // r)

@@ -27,7 +27,7 @@ from .data import DataIntegrityError, Dataset, cache_dir, cifar100_available, lo
 from .measure import count_flops, count_params, latency
 from .models import build as build_backbone
 from .profiles import Profile, banner, profile as get_profile
-from .train import train
+from .train import resolve_device, train
 
 
 @dataclass(frozen=True)
@@ -191,10 +191,6 @@ def merge_kw(base: dict, extra: dict) -> dict:
 PREPARE_SEED = 0  # a preparation (e.g. a search) runs once per profile and is shared by every seed of the variant
 
 
-def _device(device) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, store: Optional[Path] = None,
             device=None, force: bool = False, progress: bool = True) -> tuple[dict, Optional[dict]]:
     """Run (or load) ``variant``'s preparation step; returns (the model kwargs to train with, the artefact or None).
@@ -228,7 +224,7 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
         else:
             artefact = None
     if artefact is None:
-        dev = _device(device)
+        dev = resolve_device(device)
         if progress:
             print(f"{variant.name}: running the preparation step {variant.prepare!r} ({prof.name} profile)")
         t0 = time.perf_counter()
@@ -293,7 +289,7 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
             if progress:
                 print(f"{variant.name} seed {seed}: loaded from {path}")
             return rec
-    device = _device(device)
+    device = resolve_device(device)
     torch.manual_seed(seed)
     model = variant.build(prof, data.num_classes, model_kw=model_kw)
     checkpoint = cache_dir() / "checkpoints" / prof.name / f"{path.stem}.pt"

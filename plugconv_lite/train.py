@@ -58,6 +58,11 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def resolve_device(device=None) -> torch.device:
+    """``device`` as a torch.device; None means the GPU if there is one, else the CPU."""
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
     if not enabled or device.type != "cuda":
         return None
@@ -100,7 +105,7 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
     ``checkpoint`` the state is saved atomically after every epoch and an existing checkpoint is resumed.
     ``on_step(step)`` is called after every optimizer step (tests use it to interrupt a run).
     """
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import plugconv_lite as pl
 from plugconv_lite.data import synthetic_cifar100
-from plugconv_lite.profiles import PROFILES, profile
+from plugconv_lite.profiles import PROFILES, detect, profile
 from plugconv_lite.train import lr_at, param_groups, train
 
 TINY = PROFILES["smoke"].with_(name="tiny", width=8, epochs=3, batch_size=50, lr=0.05, warmup_epochs=0.5,
@@ -101,6 +101,8 @@ def test_profiles_choice(monkeypatch):
     assert profile().name == "colab"
     assert profile("full").epochs == 30 and profile("full").seeds == (0, 1, 2)
     monkeypatch.delenv("PLUGCONV_PROFILE")
-    assert profile().name == ("smoke" if not torch.cuda.is_available() else profile().name)
+    assert profile().name == detect()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert detect() == "smoke"
     with pytest.raises(ValueError, match="profile='huge'"):
         profile("huge")

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from . import results as store_mod
-from .data import DataIntegrityError, Dataset, cache_dir, cifar100_available, load_cifar100, synthetic_cifar100
+from .data import DataIntegrityError, Dataset, cache_dir, load_cifar100, synthetic_cifar100
 from .measure import count_flops, count_params, latency
 from .models import build as build_backbone
 from .profiles import Profile, banner, profile as get_profile

@@ -35,10 +35,11 @@ FIRST_CELL_TAGS = ["remove-cell"]
 KEEP = {"torch": "Colab's own CUDA build", "ipywidgets": "the version Colab's widget front end is built for"}
 
 _FIRST_CELL = """\
-# Colab only (elsewhere this cell does nothing): get the repository (library + results) and set it up.
+# Colab only: clone or update the repository, then set it up (safe to rerun). Elsewhere: nothing.
 import os, sys, time
 if "google.colab" in sys.modules:
-    started, url = time.time(), os.environ.get("PLUGCONV_REPO", "{url}")
+    started = time.time()
+    url = os.environ.get("PLUGCONV_REPO", "{url}")
     root = os.environ.get("PLUGCONV_CHECKOUT", "{checkout}")
     cloned = not os.path.isdir(root)
     if cloned:
@@ -291,9 +292,8 @@ def announce(chapter: str, prof) -> Optional[str]:
     if not on_colab():
         return None
     line = _runtime_line(prof)
-    if _gpu() is not None or prof.name != "smoke":
-        line += f" {expected_time(chapter, prof)}"
-        if prof.name != "smoke":
-            line += " A short check instead: os.environ['PLUGCONV_PROFILE'] = 'smoke', then run the cell again."
+    if prof.name != "smoke":
+        line += (f" {expected_time(chapter, prof)} A short check instead: os.environ['PLUGCONV_PROFILE'] = 'smoke', "
+                 "then run the cell again.")
     print(line)
     return line

@@ -176,6 +176,9 @@ def explore(render: Callable[..., Any], *, live: bool = False, link: Optional[st
         raise ValueError(f"the grid has {n_frames} combinations, more than max_frames={max_frames}; shrink it, raise "
                          "max_frames, or pass live=True (live widgets need a running kernel)")
     mode, why = (link, "requested") if link else linking()
+    if mode == "browser" and not hasattr(W, "Stack"):
+        raise ValueError(f"link='browser' needs ipywidgets >= 8 (Stack); this is ipywidgets {W.__version__}: pass "
+                         "link='kernel' or leave link=None")
     pngs = {combo: draw(**{n: grid[n][i] for n, i in zip(names, combo)})
             for combo in itertools.product(*(range(len(grid[n])) for n in names))}
     sliders = [W.SelectionSlider(options=[(_label(v), i) for i, v in enumerate(grid[n])], value=0, description=n,

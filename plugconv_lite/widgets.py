@@ -11,15 +11,17 @@ linked to the same precomputed frames in one of two ways (``linking()`` says whi
   run ``jslink``): each slider's ``observe`` callback puts the chosen frame into one ``Image``. It needs the kernel
   that drew the frames, and nothing else.
 
-Frames are drawn at the size they are shown: at ``dpi`` and at most ``max_width`` pixels wide (the book's content
-column), displayed at their natural size, with no text smaller than ``min_text_px``. Spaces too large to precompute
-can be explored with ``live=True`` (``ipywidgets.interactive``, which needs a running kernel).
+Frames are drawn at the size they are shown: figsize x ``dpi`` pixels, at most ``max_width`` pixels wide (the
+book's content column), displayed at their natural size, with no text smaller than ``min_text_px``. Spaces too large
+to precompute can be explored with ``live=True`` (``ipywidgets.interactive``, which needs a running kernel).
 """
 from __future__ import annotations
 
 import io
 import itertools
+import math
 import struct
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 MAX_FRAMES = 64
@@ -75,12 +77,42 @@ def png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
+def outside(fig) -> list[str]:
+    """The text of ``fig`` (as last drawn) that reaches beyond the figure's edges, where a frame clips it."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+
+    def beyond(box) -> bool:
+        return box is not None and (box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1)
+
+    found, tick_labels = [], set()
+    for i, ax in enumerate(fig.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            ticks = axis.get_major_ticks() + axis.get_minor_ticks()
+            tick_labels |= {id(t) for tick in ticks for t in (tick.label1, tick.label2)}
+            if beyond(axis.get_tightbbox(renderer)):  # only the ticks drawn (inside the view limits) count
+                found.append(f"{name} tick labels of axes {i}")
+    for text in fig.findobj(Text):
+        if id(text) not in tick_labels and text.get_text().strip() and text.get_visible():
+            if beyond(text.get_window_extent(renderer)):
+                found.append(text.get_text().replace("\n", " "))
+    return found
+
+
+def max_figwidth(max_width: int = COLUMN_PX, dpi: int = DPI) -> float:
+    """The widest figsize (inches, to 0.1 in) whose frame fits ``max_width`` pixels at ``dpi``."""
+    return math.floor(max_width / dpi * 10 + 1e-9) / 10
+
+
 def frame(obj, *, dpi: int = DPI, max_width: Optional[int] = COLUMN_PX, min_text_px: float = MIN_TEXT_PX,
-          name: str = "render", values: str = "") -> bytes:
+          name: str = "render", values: str = "", clipped: Optional[list] = None) -> bytes:
     """One frame as PNG bytes, from a matplotlib Figure (closed afterwards), PNG bytes or a PIL image.
 
-    A Figure is saved at ``dpi`` with its text raised to at least ``min_text_px`` pixels. A frame wider than
-    ``max_width`` pixels raises ``ValueError``: the page would shrink it, and its text with it."""
+    A Figure is saved at exactly its size: ``figsize x dpi`` pixels, its text raised to at least ``min_text_px``
+    pixels. A frame wider than ``max_width`` pixels raises ``ValueError`` (the page would shrink it, and its text
+    with it). Text reaching beyond the figure is clipped: it is appended to ``clipped`` when given, else warned."""
     if isinstance(obj, (bytes, bytearray)):
         png = bytes(obj)
     else:
@@ -89,9 +121,18 @@ def frame(obj, *, dpi: int = DPI, max_width: Optional[int] = COLUMN_PX, min_text
 
         buf = io.BytesIO()
         if isinstance(obj, Figure):
+            pixels = round(obj.get_figwidth() * dpi)
+            if max_width is not None and pixels > max_width:
+                plt.close(obj)
+                raise ValueError(_too_wide(name, values, pixels, dpi, max_width, obj.get_figwidth()))
             enforce_min_text(obj, min_text_px * 72 / dpi)
-            obj.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+            obj.savefig(buf, format="png", dpi=dpi)
+            beyond = outside(obj)
             plt.close(obj)
+            if beyond and clipped is not None:
+                clipped += beyond
+            elif beyond:
+                warnings.warn(f"{name}({values}): text beyond the figure's edges is clipped: {beyond}", stacklevel=2)
         elif hasattr(obj, "save"):  # PIL.Image
             obj.save(buf, format="PNG")
         else:
@@ -101,11 +142,15 @@ def frame(obj, *, dpi: int = DPI, max_width: Optional[int] = COLUMN_PX, min_text
     if max_width is not None and png[:8] == b"\x89PNG\r\n\x1a\n":
         width = png_size(png)[0]
         if width > max_width:
-            raise ValueError(
-                f"{name}({values}) drew a frame {width} px wide at dpi={dpi}; the limit is max_width={max_width} px "
-                f"(the book's content column), and a wider frame would be shrunk with its text. Make the figure "
-                f"narrower: figsize width <= {max_width / dpi - 0.15:.1f} in at dpi {dpi}, legends inside the axes")
+            raise ValueError(_too_wide(name, values, width, dpi, max_width))
     return png
+
+
+def _too_wide(name, values, width, dpi, max_width, inches=None) -> str:
+    drawn = f"a {inches:g}-in figure, " if inches is not None else ""
+    return (f"{name}({values}) drew a frame {width} px wide ({drawn}dpi={dpi}); the limit is max_width={max_width} "
+            f"px, the book's content column, and a wider frame would be shrunk with its text. Make it narrower: "
+            f"figsize width <= {max_figwidth(max_width, dpi):g} in at dpi {dpi}")
 
 
 def _label(v: Any) -> str:
@@ -136,10 +181,11 @@ def explore(render: Callable[..., Any], *, live: bool = False, link: Optional[st
     else through the kernel (``link="browser"`` or ``"kernel"`` forces one; see ``linking()``). ``live=True``
     re-renders on demand instead (needs a kernel; for spaces too large to precompute).
 
-    Frames are shown at their natural size, so draw them at the size they are read: a frame is at most
-    ``max_width`` = 688 px wide (the book's column at 1280 px), i.e. **figsize width <= 6.7 in at dpi 100** with
-    legends inside the axes; a wider one raises ``ValueError`` naming ``render``. Text smaller than
-    ``min_text_px`` = 10 px on screen (7.2 pt at dpi 100) is raised to it.
+    Frames are shown at their natural size, so draw them at the size they are read. A figure's frame is exactly
+    figsize x ``dpi`` pixels and at most ``max_width`` = 688 px wide (the book's content column in a 1280-px
+    window): **figsize width <= 6.8 in at dpi 100**, or ``ValueError`` naming ``render``. Text smaller than
+    ``min_text_px`` = 10 px on screen (7.2 pt at dpi 100) is raised to it; text that reaches beyond the figure
+    (a title wider than its panel, a legend outside the axes) is clipped, and one warning lists it.
     """
     import ipywidgets as W
 
@@ -154,10 +200,12 @@ def explore(render: Callable[..., Any], *, live: bool = False, link: Optional[st
         raise ValueError(f"dpi={dpi!r} must be an integer >= 10")
     names = list(grid)
 
+    clipped: list[str] = []
+
     def draw(**kw) -> bytes:
         values = ", ".join(f"{n}={kw[n]!r}" for n in names)
         return frame(render(**kw), dpi=dpi, max_width=max_width, min_text_px=min_text_px, name=_name(render),
-                     values=values)
+                     values=values, clipped=clipped)
 
     if live:
         from IPython.display import display
@@ -181,6 +229,11 @@ def explore(render: Callable[..., Any], *, live: bool = False, link: Optional[st
                          "link='kernel' or leave link=None")
     pngs = {combo: draw(**{n: grid[n][i] for n, i in zip(names, combo)})
             for combo in itertools.product(*(range(len(grid[n])) for n in names))}
+    if clipped:
+        shown_ = sorted(set(clipped))
+        warnings.warn(f"{_name(render)}: {len(clipped)} piece(s) of text reach beyond the figure and are clipped in "
+                      f"the frames: {shown_[:4]}{' ...' if len(shown_) > 4 else ''}; shorten them or move them inside",
+                      stacklevel=2)
     sliders = [W.SelectionSlider(options=[(_label(v), i) for i, v in enumerate(grid[n])], value=0, description=n,
                                  continuous_update=True, style={"description_width": description_width},
                                  layout=W.Layout(width="420px")) for n in names]

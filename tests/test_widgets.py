@@ -72,21 +72,46 @@ def _figure(width, fontsize=None):
 
 def test_frames_wider_than_the_column_raise_naming_the_render_function():
     def render_too_wide(k):
-        return _figure(9)
+        return _figure(6.9 if k == 2 else 6.8)
 
-    with pytest.raises(ValueError, match=r"render_too_wide\(k=1\) drew a frame (8\d\d|9\d\d) px wide at dpi=100; "
-                                         r"the limit is max_width=688 px.*figsize width <= 6.7 in"):
+    with pytest.raises(ValueError, match=r"render_too_wide\(k=2\) drew a frame 690 px wide \(a 6.9-in figure, "
+                                         r"dpi=100\); the limit is max_width=688 px.*figsize width <= 6.8 in at dpi 100"):
         explore(render_too_wide, k=[1, 2])
+    with pytest.raises(ValueError, match=r"drew a frame 700 px wide \(dpi=100\)"):  # PNG bytes are checked too
+        explore(lambda k: _png_bytes(7), k=[1])
+    from plugconv_lite.widgets import max_figwidth
+    assert max_figwidth(688, 100) == 6.8 and max_figwidth(688, 150) == 4.5 and max_figwidth(700, 100) == 7.0
 
 
-def test_frames_are_drawn_at_dpi_100_and_shown_at_their_natural_size():
-    from plugconv_lite.widgets import COLUMN_PX, png_size
+def _png_bytes(width):
+    import io
 
-    box = explore(lambda k: _figure(6.7), k=[1, 2])
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(width, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def test_frames_are_figsize_times_dpi_and_shown_at_their_natural_size():
+    from plugconv_lite.widgets import png_size
+
+    box = explore(lambda k: _figure(6.8), k=[1, 2])
     image = box.children[1].children[0]
-    width, height = png_size(image.value)
-    assert 600 < width <= COLUMN_PX and 230 < height < 270  # 6.7 x 2.5 in at 100 dpi, cropped to the drawing
-    assert image.layout.width == f"{width}px"  # the page shows it pixel for pixel, never stretched
+    assert png_size(image.value) == (680, 250)  # 6.8 x 2.5 in at 100 dpi
+    assert image.layout.width == "680px"  # the page shows it pixel for pixel, never stretched
+
+
+def test_text_beyond_the_figure_is_reported_once_per_widget():
+    def render_long_title(k):
+        fig = _figure(3)
+        fig.axes[0].set_title("a title far too long for a three-inch figure, so it runs off both edges " * k)
+        return fig
+
+    with pytest.warns(UserWarning, match=r"render_long_title: 2 piece\(s\) of text reach beyond the figure.*a title "
+                                         r"far too long"):
+        explore(render_long_title, k=[1, 2])
 
 
 def test_text_smaller_than_10_px_is_raised_to_10_px():

@@ -114,9 +114,13 @@ def plan(reqs, installed: Callable[[str], Optional[str]] = installed_version) ->
 
 def _loaded(distribution: str) -> bool:
     """Whether this process has already imported a module of ``distribution``."""
-    from importlib.metadata import packages_distributions
-    modules = [m for m, dists in packages_distributions().items() if distribution.lower() in
-               (d.lower() for d in dists)] or [distribution.replace("-", "_")]
+    try:
+        from importlib.metadata import packages_distributions
+        modules = [m for m, dists in packages_distributions().items()
+                   if distribution.lower() in (d.lower() for d in dists)]
+    except ImportError:  # Python < 3.10
+        modules = []
+    modules = modules or [distribution.replace("-", "_")]
     return any(m in sys.modules for m in modules)
 
 

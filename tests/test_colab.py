@@ -297,7 +297,7 @@ def test_a_chapter_opens_on_simulated_colab(tmp_path):
 
         # 5. the profile: CPU -> smoke, one line; GPU -> colab with the expected time; the override wins
         out = kernel.run("from plugconv_lite import colab, profiles\n"
-                         "print(profiles.profile().name); colab.announce('se', profiles.profile())")
+                         "print(profiles.profile().name); line = colab.announce('se', profiles.profile())")
         assert out.splitlines() == ["smoke", "CPU-only runtime: the smoke profile runs (chosen for this runtime), a "
                                     "tiny run that proves the code path works, not evidence; for the colab profile "
                                     "pick a GPU (Runtime > Change runtime type) and run again."]
@@ -310,9 +310,9 @@ def test_a_chapter_opens_on_simulated_colab(tmp_path):
             "torch.cuda.is_available = lambda: True\n"
             "torch.cuda.get_device_name = lambda *a: 'Tesla T4'\n"
             "torch.cuda.get_device_properties = lambda *a: types.SimpleNamespace(total_memory=15 * 2 ** 30)\n"
-            "print(profiles.profile().name); colab.announce('se', profiles.profile())\n"
+            "print(profiles.profile().name); line = colab.announce('se', profiles.profile())\n"
             "os.environ['PLUGCONV_PROFILE'] = 'smoke'\n"
-            "print(profiles.profile().name); colab.announce('se', profiles.profile())")
+            "print(profiles.profile().name); line = colab.announce('se', profiles.profile())")
         lines = out.splitlines()
         assert lines[0] == "colab" and lines[1].startswith(
             "Tesla T4 GPU: the colab profile runs (chosen for this runtime). Expected time with the colab profile: "

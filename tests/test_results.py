@@ -39,6 +39,41 @@ def test_table_means_stds_and_deltas():
     assert df.loc["baseline", "seeds"] == 3 and df.loc["baseline", "top1_mean"] == pytest.approx(72.0)
     assert df.loc["baseline", "top1_std"] == pytest.approx(2.0)
     assert df.loc["se", "delta_top1"] == pytest.approx(2.0) and df.loc["baseline", "delta_top1"] == 0.0
+    # Welch: variances 3 and 4 over 3 seeds -> df = 3.92, half-width t(0.975, 3.92) * sqrt(7/3) = 4.2754
+    assert df.loc["se", "delta_low"] == pytest.approx(2.0 - 4.27544, abs=1e-4)
+    assert df.loc["se", "resolvable"] == pytest.approx(4.27544, abs=1e-4)
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.7062047), (0.975, 2, 4.3026527), (0.975, 4, 2.7764451),
+                                             (0.975, 10, 2.2281389), (0.975, 1000, 1.9623391), (0.95, 3, 2.3533634),
+                                             (0.025, 5, -2.5705818)])
+def test_t_quantile_matches_tables(p, df, expected):
+    assert results.t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
+
+
+def test_welch_interval_and_its_edge_cases():
+    w = results.welch([73.0, 73.0, 76.0], [70.0, 72.0, 74.0])
+    assert w["delta"] == pytest.approx(2.0) and w["df"] == pytest.approx(3.92)
+    assert w["low"] == pytest.approx(-2.27544, abs=1e-4) and w["high"] == pytest.approx(6.27544, abs=1e-4)
+    one = results.welch([73.0], [70.0, 72.0])
+    assert one["delta"] == pytest.approx(2.0) and one["low"] != one["low"]  # NaN: no interval from one seed
+    same = results.welch([1.0, 1.0], [0.0, 0.0])
+    assert same["low"] == same["high"] == 1.0
+    with pytest.raises(ValueError, match="level"):
+        results.welch([1.0, 2.0], [1.0, 2.0], level=1.5)
+
+
+def test_verdict_is_decided_by_the_interval():
+    base = [_record("baseline", s, t) for s, t in enumerate([70.0, 70.5, 71.0])]
+    better = [_record("a", s, t) for s, t in enumerate([72.0, 72.5, 73.0])]
+    noisy = [_record("b", s, t) for s, t in enumerate([68.0, 74.0, 71.5])]
+    single = [_record("c", 0, 75.0)]
+    tab = results.table(base + better + noisy + single)
+    assert "better; the interval excludes zero" in results.verdict(tab, "a")
+    assert "not resolved" in results.verdict(tab, "b")
+    assert "no confidence interval" in results.verdict(tab, "c")
+    worse = results.table(base + [_record("d", s, t) for s, t in enumerate([60.0, 60.5, 61.0])])
+    assert "worse" in results.verdict(worse, "d")
 
 
 def test_empty_table_has_columns():

@@ -227,7 +227,7 @@ def setup(root=CHECKOUT, *, cloned: bool = False, started: Optional[float] = Non
     restart_line = (f"Restart needed (Runtime > Restart session, then run this cell again): {'; '.join(restart)}."
                     if restart else "No runtime restart needed: nothing this kernel had already imported was changed.")
     seconds = time.time() - started
-    lines = [f"plugconv-lite set up for Colab in {seconds:.0f} s:", f"  repository: {repo}",
+    lines = [f"plugconv-lite set up for Colab in {seconds:.1f} s:", f"  repository: {repo}",
              f"  packages:   {packages}", *(f"  note:       {n}" for n in notes), f"  widgets:    {widgets}",
              f"  runtime:    {_runtime_line(profile())}", restart_line]
     print("\n".join(lines))

@@ -159,16 +159,21 @@ def _clone(kw: dict) -> dict:
 
 
 class _LibraryCalls:
-    """A ``sys.setprofile`` hook recording entries into plugconv_lite from outside it (not its internal calls)."""
+    """A ``sys.setprofile`` hook recording entries into plugconv_lite from outside it (not its internal calls).
+    ``own``: code objects that count as outside the library although they live in it -- a chapter file's registered
+    ``@solution`` is the answer under test, not the library."""
 
-    def __init__(self, allow: tuple, runner):
-        self.allow, self.calls, self.runner = set(allow), [], runner  # runner: the frame that calls the answer
+    def __init__(self, allow: tuple, runner, own: frozenset = frozenset()):
+        self.allow, self.calls, self.runner, self.own = set(allow), [], runner, own  # runner: calls the answer
+
+    def _library(self, code) -> bool:
+        return code.co_filename.startswith(_PACKAGE_DIR) and code not in self.own
 
     def __call__(self, frame, event, arg):
-        if event != "call" or not frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        if event != "call" or not self._library(frame.f_code):
             return
         caller = frame.f_back
-        if caller is not None and caller is not self.runner and caller.f_code.co_filename.startswith(_PACKAGE_DIR):
+        if caller is not None and caller is not self.runner and self._library(caller.f_code):
             return
         qualname = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
         name = f"{frame.f_globals.get('__name__', '?')}.{qualname}"
@@ -176,8 +181,19 @@ class _LibraryCalls:
             self.calls.append(name)
 
 
-def _run(fn: Callable, kw: dict, allow: tuple):
-    hook = _LibraryCalls(allow, sys._getframe())
+def _code_objects(fn: Optional[Callable]) -> frozenset:
+    """``fn``'s code and the code nested in it (comprehensions, inner functions)."""
+    todo, seen = [getattr(fn, "__code__", None)], set()
+    while todo:
+        code = todo.pop()
+        if code is not None and code not in seen:
+            seen.add(code)
+            todo.extend(c for c in code.co_consts if hasattr(c, "co_filename"))
+    return frozenset(seen)
+
+
+def _run(fn: Callable, kw: dict, allow: tuple, own: frozenset = frozenset()):
+    hook = _LibraryCalls(allow, sys._getframe(), own)
     previous = sys.getprofile()
     sys.setprofile(hook)
     try:
@@ -198,10 +214,11 @@ def check(name: str, fn: Callable[..., Any], seed: int = 0, hidden: bool = False
     ex = _get(name)
     cases = ex.cases(torch.Generator().manual_seed(seed))
     report = Report(name, len(cases), hidden=hidden)
+    own = _code_objects(ex.solution)
     for i, kw in enumerate(cases):
         expected = ex.reference(**_clone(kw))
         try:
-            got, calls = _run(fn, _clone(kw), ex.allow)
+            got, calls = _run(fn, _clone(kw), ex.allow, own)
         except NotImplementedError:
             report.not_attempted = True
             return report

@@ -215,17 +215,11 @@ def _config(stem: str, library: str, run_tests: bool) -> dict:
     }, indent=1))
 
 
-def _split_markdown(text: str, state: dict) -> list[tuple]:
-    """Pieces of a markdown cell: ``("text", s)``, ``("auto", n, s)`` or ``("open", n, s)`` -- an exercise runs
-    from its marker line to the next marker or heading. ``state["level"]``: the Exercises heading's level while
-    inside that section."""
-    pieces, kind, num, lines = [], "text", None, []
-
-    def flush():
-        if "".join(lines).strip():
-            pieces.append((kind, num, "".join(lines).strip("\n")) if kind != "text" else
-                          ("text", "".join(lines).strip("\n")))
-
+def _split_markdown(text: str, state: dict) -> list[tuple[str, Optional[int], str]]:
+    """A markdown cell as ``(kind, number, text)`` pieces, kind ``"text"``, ``"auto"`` or ``"open"``: inside the
+    Exercises section an exercise runs from its marker line to the next marker or heading. ``state["level"]`` is the
+    Exercises heading's level while inside that section (it carries over between cells)."""
+    pieces, current = [], ["text", None, []]
     for line in text.splitlines(keepends=True):
         heading, marker = _HEADING.match(line), _MARKER.match(line)
         if heading:
@@ -235,13 +229,12 @@ def _split_markdown(text: str, state: dict) -> list[tuple]:
             if re.match(r"exercises?\b", heading.group(2).strip(), re.IGNORECASE):
                 state["level"] = level
         if heading or (marker and state.get("level")):
-            flush()
-            lines, kind, num = [], "text", None
-            if marker and not heading:
-                kind, num = ("auto" if marker.group(2) else "open"), int(marker.group(1))
-        lines.append(line)
-    flush()
-    return pieces
+            pieces.append(current)
+            current = ["text", None, []] if heading else ["auto" if marker.group(2) else "open", int(marker.group(1)),
+                                                          []]
+        current[2].append(line)
+    pieces.append(current)
+    return [(kind, num, "".join(lines).strip("\n")) for kind, num, lines in pieces if "".join(lines).strip()]
 
 
 def _header_end(lines: list[str], def_line: int) -> int:
@@ -370,62 +363,53 @@ def _display_only(cell: dict) -> bool:
 
 
 def _master(nb: dict, stem: str, seed: int, library: str, run_tests: bool) -> tuple[dict, list[str], list[str]]:
-    cells = [c for c in nb["cells"] if REMOVE_TAG not in _tags(c)]
-    master, questions, manual, state, prompt = [_config(stem, library, run_tests)], [], [], {}, None
-    code_seen = []
-
-    def open_question(num: int, text: str):
-        manual.append(f"exercise_{num}")
-        master.extend([_raw(f"# BEGIN QUESTION\nname: exercise_{num}\nmanual: true\npoints: 1"), _md(text),
-                       _raw("# BEGIN PROMPT"), _md("_Type your answer here, replacing this text._"),
-                       _raw("# END PROMPT"), _raw("# END QUESTION")])
-
-    for cell in cells:
-        cell = copy.deepcopy(cell)
-        if cell["cell_type"] == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-            cell["metadata"].pop("execution", None)
-            checks = _CHECK.findall(_source(cell))
-            if checks:
-                if len(checks) > 1:
-                    raise ValueError(f"{stem}: one cell checks several exercises ({', '.join(n for n, _ in checks)});"
-                                     " give each exercise its own cell")
-                name, fn_name = checks[0]
-                questions.append(name)
-                master.append(_raw(f"# BEGIN QUESTION\nname: {name}\npoints: 1\nall_or_nothing: true"))
-                if prompt is not None:
-                    master.append(_md(prompt[1]))
-                    prompt = None
-                master.extend([_raw("# BEGIN SOLUTION"), _solution_cell(cell, name, fn_name, _page_imports(code_seen)),
-                               _raw("# END SOLUTION"), *_tests(name, fn_name, seed), _raw("# END QUESTION")])
-                code_seen.append(cell)
-                continue
-            if prompt is not None:
-                raise ValueError(f"{stem}: exercise {prompt[0]} is marked auto-checked but the next code cell "
-                                 "does not call exercises.check")
-            if _display_only(cell) and GRADING_SKIP_TAG not in _tags(cell):
-                cell["metadata"].setdefault("tags", []).append(GRADING_SKIP_TAG)
-            if not code_seen:  # the Colab setup cell: otter's init cell follows it
-                master.extend([cell, _code(f'# the autograder\'s checks: grader.check("name") after each exercise\n'
-                                           f'import otter\ngrader = otter.Notebook("{stem}.ipynb")')])
-                code_seen.append(cell)
-                continue
-            code_seen.append(cell)
-            master.append(cell)
-            continue
-        if cell["cell_type"] != "markdown":
-            master.append(cell)
-            continue
-        for piece in _split_markdown(_source(cell), state):
-            if piece[0] == "text":
-                master.append(_md(piece[1], **cell.get("metadata", {})))
-            elif piece[0] == "open":
-                open_question(piece[1], piece[2])
-            else:
-                if prompt is not None:
+    """The otter master notebook of a chapter notebook, with its auto-graded and manual question names."""
+    master, questions, manual = [_config(stem, library, run_tests)], [], []
+    state, prompt, code_seen = {}, None, []  # prompt: the auto-checked exercise waiting for its check cell
+    for cell in (copy.deepcopy(c) for c in nb["cells"] if REMOVE_TAG not in _tags(c)):
+        if cell["cell_type"] == "markdown":
+            for kind, num, text in _split_markdown(_source(cell), state):
+                if kind == "text":
+                    master.append(_md(text, **cell.get("metadata", {})))
+                elif kind == "open":
+                    manual.append(f"exercise_{num}")
+                    master += [_raw(f"# BEGIN QUESTION\nname: exercise_{num}\nmanual: true\npoints: 1"), _md(text),
+                               _raw("# BEGIN PROMPT"), _md("_Type your answer here, replacing this text._"),
+                               _raw("# END PROMPT"), _raw("# END QUESTION")]
+                elif prompt is not None:
                     raise ValueError(f"{stem}: exercise {prompt[0]} is marked auto-checked but no exercises.check "
                                      "cell follows it")
-                prompt = (piece[1], piece[2])
+                else:
+                    prompt = (num, text)
+            continue
+        if cell["cell_type"] != "code":
+            master.append(cell)
+            continue
+        cell["outputs"], cell["execution_count"] = [], None
+        cell["metadata"].pop("execution", None)
+        checks = _CHECK.findall(_source(cell))
+        if len(checks) > 1:
+            raise ValueError(f"{stem}: one cell checks several exercises ({', '.join(n for n, _ in checks)}); give "
+                             "each exercise its own cell")
+        if checks:
+            name, fn_name = checks[0]
+            questions.append(name)
+            master += [_raw(f"# BEGIN QUESTION\nname: {name}\npoints: 1\nall_or_nothing: true"),
+                       *([_md(prompt[1])] if prompt else []),
+                       _raw("# BEGIN SOLUTION"), _solution_cell(cell, name, fn_name, _page_imports(code_seen)),
+                       _raw("# END SOLUTION"), *_tests(name, fn_name, seed), _raw("# END QUESTION")]
+            prompt = None
+        elif prompt is not None:
+            raise ValueError(f"{stem}: exercise {prompt[0]} is marked auto-checked but the next code cell does not "
+                             "call exercises.check")
+        else:
+            if _display_only(cell) and GRADING_SKIP_TAG not in _tags(cell):
+                cell["metadata"].setdefault("tags", []).append(GRADING_SKIP_TAG)
+            master.append(cell)
+            if not code_seen:  # the Colab setup cell: otter's client comes right after it
+                master.append(_code(f'# the autograder\'s checks: grader.check("name") after each exercise\n'
+                                    f'import otter\ngrader = otter.Notebook("{stem}.ipynb")'))
+        code_seen.append(cell)
     if prompt is not None:
         raise ValueError(f"{stem}: exercise {prompt[0]} is marked auto-checked but no exercises.check cell follows it")
     out = copy.deepcopy(nb)

@@ -194,6 +194,35 @@ def test_a_wrong_solution_is_caught_before_anything_is_written(tmp_path, monkeyp
     assert not (tmp_path / PAGE).exists()
 
 
+def test_the_solution_cell_gives_back_the_stub_and_runs_the_solution():
+    """Round trip through otter's own solution stripping, with a multi-line signature and a docstring stub."""
+    otter_solutions = pytest.importorskip("otter.assign.solutions")
+    from plugconv_lite import assignment
+    page = ('x = 1\n\n\ndef receptive_field_of(\n    layers,\n):\n    """Your answer."""\n'
+            '    raise NotImplementedError  # your code here\n\n\nexercises.check("receptive_field", receptive_field_of)\n')
+    cell = assignment._solution_cell({"cell_type": "code", "source": page}, "receptive_field", "receptive_field_of",
+                                     {})
+    student = "\n".join(otter_solutions.replace_solutions(cell["source"].split("\n"), "python"))
+    assert student == page
+    namespace = {"exercises": exercises}
+    exec(cell["source"], namespace)
+    assert namespace["receptive_field_of"]([(3, 1, 1), (3, 2, 1), (3, 1, 2)]) == 1 + 2 + 2 + 8
+
+
+def test_exercise_markers_are_read_in_the_exercises_section_only():
+    from plugconv_lite import assignment
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "## Math\n\n**1.** not an exercise"},
+                    {"cell_type": "markdown", "metadata": {}, "source": "## Exercises\n\n**1 (auto-checked).** Do it."
+                                                                        "\n\n**2.** Think.\n\n## References\n"}]}
+    with pytest.raises(ValueError, match="exercise 1 is marked auto-checked but no exercises.check cell follows"):
+        assignment._master(nb, "page", 1, "plugconv-lite", False)
+    nb["cells"][1]["source"] = "## Exercises\n\n**2.** Think.\n\n## References\n"
+    master, questions, manual = assignment._master(nb, "page", 1, "plugconv-lite", False)
+    assert (questions, manual) == ([], ["exercise_2"])
+    texts = [c["source"] for c in master["cells"]]
+    assert "## Math\n\n**1.** not an exercise" in texts and "**2.** Think." in texts and "## References" in texts
+
+
 def test_cli_errors_name_the_problem(capsys):
     pytest.importorskip("otter")
     from plugconv_lite.__main__ import main

@@ -158,22 +158,32 @@ def _clone(kw: dict) -> dict:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
 
 
+def _code_objects(fn) -> set:
+    """The code object of ``fn`` and of every function nested in it."""
+    found, todo = set(), [getattr(fn, "__code__", None)]
+    while todo:
+        code = todo.pop()
+        if code is not None and code not in found:
+            found.add(code)
+            todo += [c for c in code.co_consts if hasattr(c, "co_code")]
+    return found
+
+
 class _LibraryCalls:
-    """A ``sys.setprofile`` hook recording entries into plugconv_lite from outside it (not its internal calls).
-    ``own``: code objects that count as outside the library although they live in it -- a chapter file's registered
-    ``@solution`` is the answer under test, not the library."""
+    """A ``sys.setprofile`` hook recording entries into plugconv_lite from the answer's code (not the library's
+    calls to itself). The exercise's own registered solution counts as the answer's code, not as the library."""
 
-    def __init__(self, allow: tuple, runner, own: frozenset = frozenset()):
-        self.allow, self.calls, self.runner, self.own = set(allow), [], runner, own  # runner: calls the answer
+    def __init__(self, allow: tuple, runner, trusted: set):
+        self.allow, self.calls, self.runner, self.trusted = set(allow), [], runner, trusted
 
-    def _library(self, code) -> bool:
-        return code.co_filename.startswith(_PACKAGE_DIR) and code not in self.own
+    def _library(self, frame) -> bool:
+        return frame.f_code.co_filename.startswith(_PACKAGE_DIR) and frame.f_code not in self.trusted
 
     def __call__(self, frame, event, arg):
-        if event != "call" or not self._library(frame.f_code):
+        if event != "call" or not self._library(frame):
             return
         caller = frame.f_back
-        if caller is not None and caller is not self.runner and self._library(caller.f_code):
+        if caller is not None and caller is not self.runner and self._library(caller):
             return
         qualname = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
         name = f"{frame.f_globals.get('__name__', '?')}.{qualname}"
@@ -181,19 +191,8 @@ class _LibraryCalls:
             self.calls.append(name)
 
 
-def _code_objects(fn: Optional[Callable]) -> frozenset:
-    """``fn``'s code and the code nested in it (comprehensions, inner functions)."""
-    todo, seen = [getattr(fn, "__code__", None)], set()
-    while todo:
-        code = todo.pop()
-        if code is not None and code not in seen:
-            seen.add(code)
-            todo.extend(c for c in code.co_consts if hasattr(c, "co_filename"))
-    return frozenset(seen)
-
-
-def _run(fn: Callable, kw: dict, allow: tuple, own: frozenset = frozenset()):
-    hook = _LibraryCalls(allow, sys._getframe(), own)
+def _run(fn: Callable, kw: dict, allow: tuple, trusted: set):
+    hook = _LibraryCalls(allow, sys._getframe(), trusted)
     previous = sys.getprofile()
     sys.setprofile(hook)
     try:
@@ -214,11 +213,11 @@ def check(name: str, fn: Callable[..., Any], seed: int = 0, hidden: bool = False
     ex = _get(name)
     cases = ex.cases(torch.Generator().manual_seed(seed))
     report = Report(name, len(cases), hidden=hidden)
-    own = _code_objects(ex.solution)
+    trusted = _code_objects(ex.solution) if ex.solution is not None else set()
     for i, kw in enumerate(cases):
         expected = ex.reference(**_clone(kw))
         try:
-            got, calls = _run(fn, _clone(kw), ex.allow, own)
+            got, calls = _run(fn, _clone(kw), ex.allow, trusted)
         except NotImplementedError:
             report.not_attempted = True
             return report

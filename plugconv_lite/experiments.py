@@ -437,6 +437,15 @@ def chapter_report(chapter: str, profile=None) -> None:
     display(Markdown("\n".join("- " + store_mod.verdict(table, v) for v in table["variant"] if v != "baseline")))
 
 
+def colab_line(chapter: str) -> None:
+    """The line at the top of a chapter: what running its experiment on Colab (the colab profile) costs in time,
+    from measured throughput where a record exists, "unmeasured" otherwise."""
+    from IPython.display import Markdown, display
+
+    from .colab import expected_time
+    display(Markdown(f"*Running this chapter's experiment on Colab:* {expected_time(chapter, 'colab')}"))
+
+
 def chapter_verdict(chapter: str) -> None:
     """The computed half of a chapter's Verdict: what each variant costs at the full profile's width relative to
     the baseline (parameters and FLOPs counted here; GPU latency from the records, where they exist) and what the

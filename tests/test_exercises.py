@@ -42,7 +42,7 @@ def test_a_wrong_answer_fails_without_revealing_the_expected_value(name):
     if isinstance(expected, (int, float)):
         assert repr(expected) not in report.failures[0]
     hidden = exercises.check(name, wrong, seed=7, hidden=True)
-    assert str(hidden).count("\n") == 0 and "case 0" not in str(hidden)  # counts only, no case details
+    assert str(hidden).count("\n") == 0 and "case 0" not in str(hidden)  # counts only
 
 
 def test_stubs_are_not_attempted_and_exceptions_are_reported():

@@ -152,7 +152,8 @@ def _otter_assign(master: Path, result: Path, run_tests: bool) -> None:
 
 
 def _library_requirement() -> str:
-    """plugconv-lite at this checkout's commit (what the hidden cases were drawn with), else main."""
+    """plugconv-lite at this checkout's commit (what the hidden cases were drawn with), else main -- as GitHub's
+    source archive, which pip installs without git (otter's setup script does not install git)."""
     ref = "main"
     root = repo_root()
     if root is not None:
@@ -161,7 +162,7 @@ def _library_requirement() -> str:
                                  check=True).stdout.strip() or ref
         except (OSError, subprocess.CalledProcessError):
             pass
-    return f"plugconv-lite @ git+{LIBRARY_URL}@{ref}"
+    return f"plugconv-lite @ {LIBRARY_URL}/archive/{ref}.zip"
 
 
 def _solution_problems(stem: str, nb: dict) -> str:

@@ -129,6 +129,9 @@ def test_the_secret_seed_is_only_in_the_autograder(built):
     assert set(student_tests) == {"conv_cost", "receptive_field"}  # public tests only
     assert all("hidden=True" not in t for t in student_tests.values())
     with zipfile.ZipFile(built.autograder) as z:
+        environment = z.read("environment.yml").decode()  # the grading image: CPU torch and the library
+        assert "- --extra-index-url https://download.pytorch.org/whl/cpu" in environment
+        assert "- plugconv-lite\n" in environment
         for name in built.questions:
             test = z.read(f"tests/{name}.py").decode()
             assert f'exercises.grade({name!r}, ' in test and f"seed={SEED}" in test and "hidden=True" in test
@@ -221,6 +224,15 @@ def test_exercise_markers_are_read_in_the_exercises_section_only():
     assert (questions, manual) == ([], ["exercise_2"])
     texts = [c["source"] for c in master["cells"]]
     assert "## Math\n\n**1.** not an exercise" in texts and "**2.** Think." in texts and "## References" in texts
+
+
+def test_the_grading_image_gets_the_library_at_this_commit():
+    from plugconv_lite import assignment
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert assignment._library_requirement() == \
+        f"plugconv-lite @ https://github.com/plugconv-lite/plugconv-lite/archive/{head.stdout.strip()}.zip"
 
 
 def test_cli_errors_name_the_problem(capsys):

@@ -5,6 +5,7 @@ stubs, and grade the solution notebook and a one-line-library-call copy with ``o
 """
 import inspect
 import json
+import math
 import os
 import re
 import shutil
@@ -12,8 +13,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-
-import math
 
 import pytest
 import torch.nn.functional as F
@@ -60,9 +59,9 @@ def built(tmp_path_factory):
 
 
 def _env():
-    env = dict(os.environ, PLUGCONV_PROFILE="smoke", PYTHONPATH=os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return env
+    """Subprocesses and kernels import this checkout's library, on the smoke profile."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PLUGCONV_PROFILE="smoke", PYTHONPATH=path)
 
 
 # --- the chapters' exercises ------------------------------------------------------------------------------------
@@ -202,9 +201,10 @@ def test_the_solution_cell_gives_back_the_stub_and_runs_the_solution():
     otter_solutions = pytest.importorskip("otter.assign.solutions")
     from plugconv_lite import assignment
     page = ('x = 1\n\n\ndef receptive_field_of(\n    layers,\n):\n    """Your answer."""\n'
-            '    raise NotImplementedError  # your code here\n\n\nexercises.check("receptive_field", receptive_field_of)\n')
-    cell = assignment._solution_cell({"cell_type": "code", "source": page}, "receptive_field", "receptive_field_of",
-                                     {})
+            '    raise NotImplementedError  # your code here\n\n\n'
+            'exercises.check("receptive_field", receptive_field_of)\n')
+    cell = assignment._solution_cell({"cell_type": "code", "source": page}, "receptive_field",
+                                     "receptive_field_of", {})
     student = "\n".join(otter_solutions.replace_solutions(cell["source"].split("\n"), "python"))
     assert student == page
     namespace = {"exercises": exercises}

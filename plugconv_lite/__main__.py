@@ -1,4 +1,5 @@
-"""Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``."""
+"""Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``,
+``assignment <chapter> --out DIR``."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,28 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="list the chapters and their variants")
     tab = sub.add_parser("table", help="summarise the committed results store")
     tab.add_argument("--profile", choices=sorted(PROFILES))
+    asg = sub.add_parser("assignment", help="a chapter as a course assignment (otter-grader): student notebook, "
+                                            "autograder zip with hidden tests, solution notebook")
+    asg.add_argument("chapter", help="a notebook stem (04_psconv, foundations_arithmetic, ...), a notebook path, "
+                                     "or 'all'")
+    asg.add_argument("--out", required=True, help="output folder; each chapter goes to OUT/<stem>/")
+    asg.add_argument("--no-run-tests", action="store_true",
+                     help="skip executing the solution notebook against the autograder (faster)")
+    asg.add_argument("--library", help="pip requirement installing plugconv-lite in the grading image "
+                                       "(default: this checkout's commit on GitHub)")
     args = parser.parse_args(argv)
+
+    if args.command == "assignment":
+        from .assignment import make_assignment
+        try:
+            made = make_assignment(args.chapter, args.out, run_tests=not args.no_run_tests, library=args.library)
+        except (ValueError, ImportError, RuntimeError) as err:
+            parser.error(str(err))
+        for a in made if isinstance(made, list) else [made]:
+            print(f"{a.chapter}: {len(a.questions)} auto-graded question(s) ({', '.join(a.questions)}), "
+                  f"{len(a.manual)} manual\n  student notebook:  {a.student}\n  solution notebook: {a.solution}\n"
+                  f"  autograder:        {a.autograder}")
+        return 0
 
     if args.command == "list":
         for chapter, variants in sorted(experiments.EXPERIMENTS.items()):

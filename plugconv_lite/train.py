@@ -128,8 +128,23 @@ def _resume_state(checkpoint: Path, device: torch.device, fingerprint: dict) -> 
 
 
 def resolve_device(device=None) -> torch.device:
-    """``device`` as a torch.device; None means the GPU if there is one, else the CPU."""
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` as a torch.device; None means the GPU if there is one, else the CPU. ``ValueError`` for a device
+    torch does not know or this machine does not have (``"cuda"`` without a GPU), before any work starts."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             "use 'cpu' or leave the device unset")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine")
+    return dev
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:

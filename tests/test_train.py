@@ -11,7 +11,7 @@ import torch.nn as nn
 import plugconv_lite as pl
 from plugconv_lite.data import synthetic_cifar100
 from plugconv_lite.profiles import PROFILES, detect, profile
-from plugconv_lite.train import load_checkpoint, lr_at, param_groups, train
+from plugconv_lite.train import load_checkpoint, lr_at, param_groups, resolve_device, train
 
 TINY = PROFILES["smoke"].with_(name="tiny", width=8, epochs=3, batch_size=50, lr=0.05, warmup_epochs=0.5,
                                train_images=None, test_images=None)
@@ -178,5 +178,22 @@ def test_profiles_choice(monkeypatch):
     assert profile().name == detect()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert detect() == "smoke"
-    with pytest.raises(ValueError, match="profile='huge'"):
+    with pytest.raises(ValueError, match="profile='huge' must be one of"):
         profile("huge")
+    monkeypatch.setenv("PLUGCONV_PROFILE", "huge")
+    with pytest.raises(ValueError, match=r"profile='huge' \(from \$PLUGCONV_PROFILE\) must be one of"):
+        profile()
+
+
+def test_resolve_device_refuses_devices_this_machine_lacks(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='gpu' is not a device torch knows"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cuda:0': CUDA is not available"):
+        resolve_device("cuda:0")
+    assert resolve_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:3")

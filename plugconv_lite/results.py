@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from .data import cache_dir
 
@@ -94,32 +95,134 @@ def load(store: Optional[Path] = None, profile: Optional[str] = None, chapter: O
     return records
 
 
-def table(records: Iterable[dict], baseline: Optional[str] = "baseline"):
+# ---------------------------------------------------------------------------------------------------------------
+# Statistics over seeds: the difference of two means with Welch's 95% confidence interval
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz), for ``incomplete_beta``."""
+    tiny, eps = 1e-300, 1e-15
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), for 0 <= x <= 1."""
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x={x} must be in [0, 1]")
+    if x in (0.0, 1.0):
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t distribution with ``df`` (real, > 0) degrees of freedom."""
+    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on ``t_cdf``; no SciPy)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p={p} must be in (0, 1)")
+    if not df > 0:
+        raise ValueError(f"df={df} must be > 0")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """Difference of means ``mean(a) - mean(b)`` with Welch's confidence interval at ``level``.
+
+    Returns ``delta``, ``low``, ``high``, ``half_width`` (the smallest difference these seeds can tell from zero:
+    an observed difference inside +- half_width is not resolved), ``df`` (Welch-Satterthwaite) and the sample
+    sizes. With fewer than two values on either side there is no interval (NaN bounds).
+    """
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if not a or not b:
+        raise ValueError(f"both samples need at least one value (got {len(a)} and {len(b)})")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level} must be in (0, 1)")
+    na, nb = len(a), len(b)
+    ma, mb = sum(a) / na, sum(b) / nb
+    out = {"delta": ma - mb, "low": float("nan"), "high": float("nan"), "half_width": float("nan"),
+           "df": float("nan"), "n_a": na, "n_b": nb, "level": level}
+    if na < 2 or nb < 2:
+        return out
+    va = sum((v - ma) ** 2 for v in a) / (na - 1)
+    vb = sum((v - mb) ** 2 for v in b) / (nb - 1)
+    se2 = va / na + vb / nb
+    if se2 == 0.0:  # identical values on both sides: the interval is the point
+        df, half = float(na + nb - 2), 0.0
+    else:
+        df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+        half = t_quantile(0.5 + level / 2.0, df) * math.sqrt(se2)
+    out.update(low=out["delta"] - half, high=out["delta"] + half, half_width=half, df=df)
+    return out
+
+
+def table(records: Iterable[dict], baseline: Optional[str] = "baseline", level: float = 0.95):
     """One row per (profile, backbone, variant, config): seeds, top-1/top-5 mean and std, cost, and the
-    difference in mean top-1 to ``baseline`` of the same profile and backbone."""
+    difference in mean top-1 to ``baseline`` of the same profile and backbone with its Welch confidence interval
+    over seeds (``delta_low``, ``delta_high``; NaN with fewer than two seeds on either side) and the half-width
+    ``resolvable`` (the smallest difference these seeds can tell from zero)."""
     import pandas as pd
 
+    records = list(records)
     rows = [{"profile": r["profile"], "backbone": r["backbone"], "variant": r["variant"], "config": r["config_hash"],
              "seed": r["seed"], "top1": r["final"]["test_top1"], "top5": r["final"]["test_top5"],
              "params_M": r["cost"]["params"] / 1e6, "MFLOPs": r["cost"]["flops"] / 1e6,
              "latency_ms": r["cost"].get("latency_ms"), "images_per_s": r["throughput"]["train_images_per_s"],
              "wall_time_min": r["wall_time_s"] / 60, "device": r["hardware"].get("device")} for r in records]
     cols = ["profile", "backbone", "variant", "config"]
+    stats = ["delta_top1", "delta_low", "delta_high", "resolvable"]
     if not rows:
         return pd.DataFrame(columns=cols + ["seeds", "top1_mean", "top1_std", "top5_mean", "params_M", "MFLOPs",
-                                            "latency_ms", "images_per_s", "wall_time_min", "delta_top1"])
+                                            "latency_ms", "images_per_s", "wall_time_min", "device"] + stats)
     df = pd.DataFrame(rows)
     g = df.groupby(cols, sort=False)
     out = g.agg(seeds=("seed", "nunique"), top1_mean=("top1", "mean"), top1_std=("top1", "std"),
                 top5_mean=("top5", "mean"), params_M=("params_M", "first"), MFLOPs=("MFLOPs", "first"),
                 latency_ms=("latency_ms", "median"), images_per_s=("images_per_s", "mean"),
                 wall_time_min=("wall_time_min", "mean"), device=("device", "first")).reset_index()
-    out["delta_top1"] = float("nan")
+    for c in stats:
+        out[c] = float("nan")
     if baseline is not None:
         for (prof, bb), sub in out.groupby(["profile", "backbone"]):
             base = sub[sub["variant"] == baseline]
-            if len(base):
-                out.loc[sub.index, "delta_top1"] = sub["top1_mean"] - base["top1_mean"].iloc[0]
+            if not len(base):
+                continue
+            base_top1 = df[(df.profile == prof) & (df.backbone == bb) & (df.variant == baseline)
+                           & (df.config == base["config"].iloc[0])]["top1"]
+            for i, row in sub.iterrows():
+                top1 = df[(df.profile == prof) & (df.backbone == bb) & (df.variant == row["variant"])
+                          & (df.config == row["config"])]["top1"]
+                w = welch(top1, base_top1, level)
+                out.loc[i, stats] = [w["delta"], w["low"], w["high"], w["half_width"]]
     return out
 
 
@@ -136,20 +239,23 @@ def provenance(records: Iterable[dict]) -> str:
 
 
 def verdict(table, variant: str, baseline: str = "baseline") -> str:
-    """A sentence, computed from ``table``, comparing ``variant`` with ``baseline``: the difference in mean top-1
-    and whether it exceeds the seed-to-seed spread. Chapters print it instead of typing numbers into prose."""
+    """A sentence, computed from ``table`` (``results.table``), comparing ``variant`` with ``baseline``: the
+    difference in mean top-1 with its 95% Welch interval over seeds, and what the interval decides. Chapters print
+    it instead of typing numbers into prose."""
     rows = table.set_index("variant")
     if variant not in rows.index or baseline not in rows.index:
         return f"no runs of both {variant!r} and {baseline!r} to compare"
     v, b = rows.loc[variant], rows.loc[baseline]
-    delta = v["top1_mean"] - b["top1_mean"]
-    n = int(min(v["seeds"], b["seeds"]))
-    spread = max(v["top1_std"], b["top1_std"]) if n > 1 else float("nan")
+    delta, low, high = v["delta_top1"], v["delta_low"], v["delta_high"]
+    n_v, n_b = int(v["seeds"]), int(b["seeds"])
     text = (f"{variant} vs {baseline}: {delta:+.2f} points top-1 ({v['top1_mean']:.2f}% vs {b['top1_mean']:.2f}%, "
-            f"{n} seed{'s' if n != 1 else ''} each")
-    if n < 2:
-        return text + "); one seed cannot separate a difference from seed noise."
-    text += f", largest seed std {spread:.2f})"
-    if abs(delta) <= spread:
-        return text + "; the difference is within the seed-to-seed spread."
-    return text + f"; the difference is larger than the seed-to-seed spread ({abs(delta) / spread:.1f}x)."
+            f"{n_v} and {n_b} seeds)")
+    if math.isnan(low):
+        return text + "; with one seed on a side there is no confidence interval, so nothing is decided."
+    text += f", 95% CI [{low:+.2f}, {high:+.2f}]"
+    if low > 0:
+        return text + f": {variant} is better; the interval excludes zero."
+    if high < 0:
+        return text + f": {variant} is worse; the interval excludes zero."
+    return (text + f": not resolved. These seeds can only tell differences larger than about "
+            f"{v['resolvable']:.2f} points from zero.")

@@ -39,6 +39,41 @@ def test_table_means_stds_and_deltas():
     assert df.loc["baseline", "seeds"] == 3 and df.loc["baseline", "top1_mean"] == pytest.approx(72.0)
     assert df.loc["baseline", "top1_std"] == pytest.approx(2.0)
     assert df.loc["se", "delta_top1"] == pytest.approx(2.0) and df.loc["baseline", "delta_top1"] == 0.0
+    # Welch: variances 3 and 4 over 3 seeds -> df = 3.92, half-width t(0.975, 3.92) * sqrt(7/3) = 4.2754
+    assert df.loc["se", "delta_low"] == pytest.approx(2.0 - 4.27544, abs=1e-4)
+    assert df.loc["se", "resolvable"] == pytest.approx(4.27544, abs=1e-4)
+
+
+@pytest.mark.parametrize("p, df, expected", [(0.975, 1, 12.7062047), (0.975, 2, 4.3026527), (0.975, 4, 2.7764451),
+                                             (0.975, 10, 2.2281389), (0.975, 1000, 1.9623391), (0.95, 3, 2.3533634),
+                                             (0.025, 5, -2.5705818)])
+def test_t_quantile_matches_tables(p, df, expected):
+    assert results.t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
+
+
+def test_welch_interval_and_its_edge_cases():
+    w = results.welch([73.0, 73.0, 76.0], [70.0, 72.0, 74.0])
+    assert w["delta"] == pytest.approx(2.0) and w["df"] == pytest.approx(3.92)
+    assert w["low"] == pytest.approx(-2.27544, abs=1e-4) and w["high"] == pytest.approx(6.27544, abs=1e-4)
+    one = results.welch([73.0], [70.0, 72.0])
+    assert one["delta"] == pytest.approx(2.0) and one["low"] != one["low"]  # NaN: no interval from one seed
+    same = results.welch([1.0, 1.0], [0.0, 0.0])
+    assert same["low"] == same["high"] == 1.0
+    with pytest.raises(ValueError, match="level"):
+        results.welch([1.0, 2.0], [1.0, 2.0], level=1.5)
+
+
+def test_verdict_is_decided_by_the_interval():
+    base = [_record("baseline", s, t) for s, t in enumerate([70.0, 70.5, 71.0])]
+    better = [_record("a", s, t) for s, t in enumerate([72.0, 72.5, 73.0])]
+    noisy = [_record("b", s, t) for s, t in enumerate([68.0, 74.0, 71.5])]
+    single = [_record("c", 0, 75.0)]
+    tab = results.table(base + better + noisy + single)
+    assert "better; the interval excludes zero" in results.verdict(tab, "a")
+    assert "not resolved" in results.verdict(tab, "b")
+    assert "no confidence interval" in results.verdict(tab, "c")
+    worse = results.table(base + [_record("d", s, t) for s, t in enumerate([60.0, 60.5, 61.0])])
+    assert "worse" in results.verdict(worse, "d")
 
 
 def test_empty_table_has_columns():
@@ -78,3 +113,34 @@ def test_every_chapter_experiment_has_a_baseline_and_builds():
         for v in variants:
             json.dumps(v.model_kw)  # hashable into the record's config
             assert v.build(prof) is not None
+
+
+def test_equal_budget_control_matches_the_target_within_one_width_step():
+    spd = experiments.Variant("spd", {"conv": "spdconv", "conv_where": "strided"})
+    prof = PROFILES["smoke"]
+    for budget in ("params", "flops"):
+        control = experiments.Variant("plain", budget_of=spd, budget=budget)
+        kw = control.resolve_kw(prof)
+        target = experiments.cost_of(spd.build(prof), budget)
+        cost = lambda w: experiments.cost_of(experiments.BASELINE.build(prof, model_kw={"width": w}), budget)
+        assert cost(kw["width"] - 1) < target < cost(kw["width"] + 1)
+        assert abs(cost(kw["width"]) - target) <= min(abs(cost(kw["width"] - 1) - target),
+                                                      abs(cost(kw["width"] + 1) - target))
+        assert experiments.prepare(control, prof)[0] == kw  # what the record's config holds
+    with pytest.raises(ValueError, match="budget_of chooses the width"):
+        experiments.Variant("x", {"width_mult": 2.0}, budget_of=spd)
+    with pytest.raises(ValueError, match="budget="):
+        experiments.Variant("x", budget_of=spd, budget="latency")
+
+
+def test_matched_width_finds_the_closest_integer():
+    assert experiments.matched_width(lambda w: w * w, 50, start=16) == 7
+    assert experiments.matched_width(lambda w: w * w, 1, start=16) == 1
+    assert experiments.matched_width(lambda w: 10 * w, 1000, start=4) == 100
+
+
+def test_data_line_is_one_line_without_paths():
+    prof = PROFILES["smoke"]
+    ds = synthetic_cifar100(train=400, test=200, quiet=True)
+    line = experiments.data_line(ds, prof)
+    assert "\n" not in line and "/" not in line and "400 training" in line

@@ -213,16 +213,14 @@ def test_killed_download_leftovers_are_removed_by_the_next_attempt(tmp_path, mon
     assert sorted(tmp_path.glob(".download-*")) == [live]
 
 
-def test_smoke_profile_falls_back_to_synthetic_data_quickly(tmp_path, silent_server, monkeypatch, capsys):
+def test_smoke_profile_falls_back_to_synthetic_data_quickly(tmp_path, silent_server, monkeypatch):
     from plugconv_lite.experiments import get_data
     from plugconv_lite.profiles import PROFILES
     monkeypatch.setenv("PLUGCONV_DATA", str(tmp_path))
     monkeypatch.setenv("PLUGCONV_DOWNLOAD_TIMEOUT", "0.5")
     t0 = time.monotonic()
-    with pytest.warns(UserWarning, match="SYNTHETIC"):
-        ds = get_data(PROFILES["smoke"].with_(train_images=200, test_images=100))
-    assert ds.synthetic and time.monotonic() - t0 < 10
-    assert "no answer from 127.0.0.1" in capsys.readouterr().out
+    ds = get_data(PROFILES["smoke"].with_(train_images=200, test_images=100))
+    assert ds.synthetic and "could not be downloaded" in ds.note and time.monotonic() - t0 < 10
     with pytest.raises(DataIntegrityError, match="colab profile needs CIFAR-100: .*train: missing.*no answer"):
         get_data(PROFILES["colab"])
 

@@ -298,7 +298,10 @@ def add_attention(model: nn.Module, name_or_factory, where: Where, attn_kw=None,
     for key, (m, names) in chosen.items():
         site = PlugSite(names[0], "attn", channels[key], channels[key], 1)
         kw = _kwargs(attn_kw, site, "attn_kw")
-        attn = factory.from_site(site, **kw) if hasattr(factory, "from_site") else factory(channels[key], **kw)
+        try:
+            attn = factory.from_site(site, **kw) if hasattr(factory, "from_site") else factory(channels[key], **kw)
+        except ValueError as err:
+            raise ValueError(f"module {names[0]!r}: {err}") from None
         device, dtype = _placement(m, model)
         attn.to(device=device, dtype=dtype).train(m.training)
         wrapped = nn.Sequential(m, attn)

@@ -212,6 +212,18 @@ def test_swap_convs_translates_symmetric_same_and_valid_padding(rng):
     torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
 
+def test_add_attention_is_atomic():
+    def wide_only(channels):
+        if channels < 8:
+            raise ValueError(f"channels={channels} must be >= 8")
+        return SEModule(channels)
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 1), nn.ReLU())
+    with pytest.raises(ValueError, match="module '2': channels=4 must be >= 8"):
+        pl.add_attention(model, wide_only, where=lambda n, m: isinstance(m, nn.Conv2d))
+    assert all(not isinstance(m, nn.Sequential) for m in model)  # the first conv was not wrapped either
+
+
 def test_add_attention_refuses_a_container_and_its_child():
     model = nn.Sequential()
     model.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())

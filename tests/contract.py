@@ -101,7 +101,8 @@ def bn_eval(t: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
 # graph holds an op of the kinds inductor lowers by hand (pooling, interpolation, unfold/fold, gather/scatter and
 # indexing) or a custom autograd.Function. The rule reads the graph, so a new module that uses such an op is checked
 # without anyone listing it; PLUGCONV_INDUCTOR_ALL=1 checks every module.
-INDUCTOR_RISKY = re.compile(r"Pool|Upsample|Interpolate|Im2Col|Col2Im|Unfold|Fold|Gather|Scatter|Index|Take|GridSampler")
+INDUCTOR_RISKY = re.compile(r"Pool|Upsample|Interpolate|Im2Col|Col2Im|Unfold|Fold|Gather|Scatter|Index|Take|"
+                            r"GridSampler")
 
 
 def inductor_risky_ops(module: nn.Module, x: torch.Tensor) -> list[str]:

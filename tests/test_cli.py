@@ -33,7 +33,8 @@ def test_unknown_variant_names_the_valid_ones(capsys, no_training):
 def test_bogus_profile_from_the_environment(capsys, monkeypatch, no_training):
     monkeypatch.setenv("PLUGCONV_PROFILE", "bogus")
     assert main(["run", "se"]) == 2
-    assert "profile='bogus' (from $PLUGCONV_PROFILE) must be one of ['colab', 'full', 'smoke']" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert "profile='bogus' (from $PLUGCONV_PROFILE) must be one of ['colab', 'full', 'smoke']" in line
 
 
 @pytest.mark.parametrize("device,match", [("bogus", "device='bogus' is not a device torch knows"),

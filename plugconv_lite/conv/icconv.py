@@ -216,9 +216,9 @@ class ICConv2d(ConvBase):
         off_cols = torch.cat([nz[..., :kw // 2], nz[..., kw // 2 + 1:]], dim=3).flatten(1).any(1).tolist()
         bad = [o for o, (dh, dw) in enumerate(self.pattern) if (dh > 1 and off_rows[o]) or (dw > 1 and off_cols[o])]
         if bad:
-            raise ValueError(f"ICConv2d cannot hold this conv's weights exactly: {len(bad)} output channels (the first "
-                             f"is {bad[0]}, dilation {self.pattern[bad[0]]}) are dilated but their kernels are not zero "
-                             "off the centre row/column; use pattern='plain' to keep the weights")
+            raise ValueError(f"ICConv2d cannot hold this conv's weights exactly: {len(bad)} output channels (the "
+                             f"first is {bad[0]}, dilation {self.pattern[bad[0]]}) are dilated but their kernels are "
+                             "not zero off the centre row/column; use pattern='plain' to keep the weights")
         self.weight.copy_(weight)
         if bias is not None:
             self.bias.copy_(bias)

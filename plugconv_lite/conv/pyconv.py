@@ -171,8 +171,8 @@ class PyConv2d(ConvBase):
         level = self.levels[0]
         if len(self.levels) != 1 or level.kernel_size != self.kernel_size or level.groups != 1:
             raise ValueError(f"PyConv2d with kernels={self.kernels} and level_groups={self.level_groups} cannot hold "
-                             f"a plain {self.kernel_size} conv's weights; build it with kernels=({self.kernel_size[0]},)"
-                             " (one level) to keep them")
+                             f"a plain {self.kernel_size} conv's weights; build it with "
+                             f"kernels=({self.kernel_size[0]},) (one level) to keep them")
         level.weight.copy_(weight)
         if bias is not None:
             level.bias.copy_(bias)

@@ -1,4 +1,5 @@
-"""Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``."""
+"""Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``; GPU campaigns:
+``bench``, ``campaign``, ``campaign-run``, ``import-results`` (see plugconv_lite/campaign.py)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,12 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="list the chapters and their variants")
     tab = sub.add_parser("table", help="summarise the committed results store")
     tab.add_argument("--profile", choices=sorted(PROFILES))
+    from . import bench, campaign
+    campaign.add_subcommands(sub)
+    bench.add_subcommands(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
 
     if args.command == "list":
         for chapter, variants in sorted(experiments.EXPERIMENTS.items()):

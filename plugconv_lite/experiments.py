@@ -202,10 +202,6 @@ def prepare_config(variant: Variant, profile: Profile, num_classes: int, train_i
             "train_images": train_images, "test_images": test_images}
 
 
-def prepare_path(store: Path, dataset: str, profile: str, backbone: str, step: str, chash: str) -> Path:
-    return Path(store) / dataset / profile / "prepare" / f"{backbone}__{step}__{chash}.json"
-
-
 def run_config(variant: Variant, profile: Profile, model_kw: dict, num_classes: int, train_images: int,
                test_images: int, artefact: Optional[dict] = None) -> dict:
     """What a run computes (hashed into its record's name): the variant's prepared kwargs, the recipe, the data."""
@@ -237,7 +233,7 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
     config = prepare_config(variant, prof, data.num_classes, len(data.train_y), len(data.test_y))
     chash = store_mod.config_hash(config)
     store = Path(store) if store is not None else store_mod.default_store(prof.name)
-    path = prepare_path(store, data.source, prof.name, backbone, variant.prepare, chash)
+    path = store_mod.prepare_path(store, data.source, prof.name, backbone, variant.prepare, chash)
     code = code_sha()
     artefact = None
     if path.exists() and not force:

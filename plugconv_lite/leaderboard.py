@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+import numbers
 from typing import Iterable, Optional
 
 from . import results as store_mod
@@ -65,7 +66,7 @@ def board(records: Iterable[dict], latency: Iterable[dict] = (), profile: str = 
     for _, t in table.iterrows():
         recs = [r for r in records if (r["backbone"], r["variant"], r["config_hash"]) ==
                 (t["backbone"], t["variant"], t["config"])]
-        chapters = sorted({c for r in recs for c in r.get("chapters", [])} - ({"baseline"} if t["variant"] != "baseline" else set()))
+        chapters = sorted({c for r in recs for c in r.get("chapters", [])} - {"baseline"})
         base = table[(table.backbone == t["backbone"]) & (table.variant == "baseline")]
         base_seeds = int(base["seeds"].iloc[0]) if len(base) else 0
         cost = lat.get((t["backbone"], t["variant"], t["config"]))
@@ -75,10 +76,11 @@ def board(records: Iterable[dict], latency: Iterable[dict] = (), profile: str = 
                      and r["cost"].get("latency_ms") is not None and r["hardware"].get("device_type") == "cuda"]
             cost, source = (alone[0], "in run") if alone else ({}, None)
         low, high = t["delta_low"], t["delta_high"]
+        is_base = t["variant"] == "baseline"
         rows.append({
-            **t.to_dict(), "chapters": ", ".join(chapters) or "-",
-            "ci": "-" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]",
-            "decision": "baseline" if t["variant"] == "baseline" else _decision(low, high),
+            **t.to_dict(), "chapters": "-" if is_base else ", ".join(chapters) or "-",
+            "ci": "-" if is_base or math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]",
+            "decision": "baseline" if is_base else _decision(low, high),
             "provisional": t["seeds"] < MIN_SEEDS or base_seeds < MIN_SEEDS,
             "latency_b1_ms": cost.get("latency_ms"), "latency_b256_ms": cost.get("latency_b256_ms"),
             "latency_source": source,
@@ -121,8 +123,8 @@ def pareto_figure(df, title: Optional[str] = None):
             ax.text(0.5, 0.5, "no latency measured on a GPU yet", ha="center", va="center", transform=ax.transAxes)
         for _, r in d.iterrows():
             color = colors.get(r["decision"], PALETTE[0])
-            err = None if math.isnan(r["delta_low"]) else [[r["delta_top1"] - r["delta_low"]],
-                                                           [r["delta_high"] - r["delta_top1"]]]
+            err = None if r["decision"] == "baseline" or math.isnan(r["delta_low"]) else [
+                [r["delta_top1"] - r["delta_low"]], [r["delta_high"] - r["delta_top1"]]]  # the baseline's Δ is 0
             ax.errorbar(r[x], r["delta_top1"], yerr=err, fmt="o", color=color, capsize=3,
                         markerfacecolor="white" if r["provisional"] else color)
             ax.annotate(r["variant"], (r[x], r["delta_top1"]), textcoords="offset points", xytext=(5, 4), fontsize=9)
@@ -131,6 +133,7 @@ def pareto_figure(df, title: Optional[str] = None):
             ax.step(front[x], front["delta_top1"], where="post", color="0.5", lw=1, ls="--", label="Pareto front")
             ax.legend(loc="lower right", fontsize=9)
         ax.axhline(0, color="0.6", lw=0.8)
+        ax.margins(x=0.15)  # room for the labels of the outermost points
         ax.set_xlabel(f"GPU latency, {label} (ms, bf16)")
         ax.set_title(f"Δ top-1 vs latency, {label}")
     axes[0].set_ylabel("Δ top-1 vs baseline (points, 95% CI)")
@@ -141,9 +144,9 @@ def pareto_figure(df, title: Optional[str] = None):
 
 def _cell(value, fmt: str) -> tuple[str, str]:
     """(text shown, sort key) of one cell; missing numbers show '-' and sort last."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, numbers.Real) and math.isnan(value)) or value == "-":
         return "-", ""
-    if isinstance(value, (int, float)):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return fmt.format(value), repr(float(value))
     return str(value), str(value)
 
@@ -160,8 +163,8 @@ def html_table(df) -> str:
             if col == "decision":
                 mark = {"better": "▲ ", "worse": "▼ "}.get(text, "")
                 text = mark + text + (" (provisional)" if r["provisional"] and text != "baseline" else "")
-            if col == "ci" and not math.isnan(r["delta_low"]):
-                key = repr(float(r["delta_low"]))
+            if col == "ci" and text != "-":
+                key = repr(float(r["delta_low"]))  # an interval sorts by its lower end
             cells.append(f'<td data-sort="{html.escape(key)}">{html.escape(text)}</td>')
         cls = f"decision-{str(r['decision']).replace(' ', '-')}" + (" provisional" if r["provisional"] else "")
         body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")

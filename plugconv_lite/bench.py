@@ -198,9 +198,14 @@ def bench(concurrency: Sequence[int] = (1, 2, 4, 8), seconds: float = 8.0, modes
                 log(f"bench {mode}: {n} at once: {sum(rates):>10,.0f} images/s in all, "
                     f"{sum(rates) / n:>10,.0f} per run")
             result["modes"][mode] = res
+        except RuntimeError as err:  # e.g. torch.compile failing there: keep the other mode's numbers
+            result.setdefault("errors", {})[mode] = str(err)[-2000:]
+            log(f"bench {mode}: FAILED: {err}")
         finally:
             for w in workers:
                 w.close()
+    if not result["modes"]:
+        raise RuntimeError(f"bench: every mode failed: {result.get('errors')}")
     from .campaign import choose
     n, compiled = choose(result, prof)
     result["best"] = {"concurrency": n, "compiled": compiled}

@@ -867,7 +867,12 @@ def _cli_campaign(args) -> int:
         return 0
     if args.budget is None:
         raise ValueError("--budget SECONDS is required (or --list)")
-    bench = json.loads(Path(args.bench).read_text()) if args.bench else None
+    bench = None
+    if args.bench and Path(args.bench).is_file():
+        bench = json.loads(Path(args.bench).read_text())
+    elif args.bench:  # on a lent GPU a lost benchmark must not cost the window: run on the defaults
+        print(f"campaign: no benchmark at {args.bench}; concurrency {DEFAULT_CONCURRENCY} and the profile's compile "
+              "setting unless given")
     concurrency = None if args.concurrency == "auto" else check_int("concurrency", int(args.concurrency),
                                                                      min_value=1)
     compile = {"auto": None, "on": True, "off": False}[args.compile]

@@ -106,3 +106,9 @@ def test_profiles_choice(monkeypatch):
     assert detect() == "smoke"
     with pytest.raises(ValueError, match="profile='huge'"):
         profile("huge")
+
+
+def test_sgd_is_fused_on_a_gpu_only():
+    from plugconv_lite.train import fused_kw
+    assert fused_kw(torch.device("cpu")) == {}
+    assert fused_kw(torch.device("cuda")) == {"fused": True}  # torch >= 2.4 has a fused SGD

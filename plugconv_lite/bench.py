@@ -206,11 +206,11 @@ def bench(concurrency: Sequence[int] = (1, 2, 4, 8), seconds: float = 8.0, modes
                 w.close()
     if not result["modes"]:
         raise RuntimeError(f"bench: every mode failed: {result.get('errors')}")
-    from .campaign import choose
+    from .campaign import choose, data_sizes
     n, compiled = choose(result, prof)
     result["best"] = {"concurrency": n, "compiled": compiled}
     log(f"bench: most runs per hour with {n} at once, {'compiled' if compiled else 'eager'} "
-        f"(full-profile run = {prof.epochs} epochs)")
+        f"(a {prof.name}-profile run = {prof.epochs} epochs of {data_sizes(prof)[1]:,} images)")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from . import attention, blocks, conv  # noqa: F401  (importing registers the mo
 from . import results
 from .data import Dataset, load_cifar100, synthetic_cifar100
 from .experiments import Variant, experiment, run_chapter
-from .measure import compare, count_flops, count_params, measure, summary
+from .measure import compare, count_flops, count_params, latency_statement, measure, summary
 from .models import build as build_model, mobilenetv2, resnet18, resnet20, resnet56
 from .models.plugs import PlugSite
 from .profiles import profile
@@ -32,6 +32,6 @@ def __getattr__(name):  # the plotting / widget / exercise modules import matplo
 
 
 __all__ = ["Dataset", "PlugSite", "Variant", "add_attention", "available", "build_model", "compare", "count_flops",
-           "count_params", "create", "experiment", "explore", "fold", "fuse_bn", "get", "load_cifar100", "measure",
+           "count_params", "create", "experiment", "explore", "latency_statement", "fold", "fuse_bn", "get", "load_cifar100", "measure",
            "mobilenetv2", "profile", "register", "resnet18", "resnet20", "resnet56", "results", "run_chapter",
            "set_progress", "summary", "swap_convs", "synthetic_cifar100", "train"]

@@ -133,7 +133,7 @@ def resolve(variant, prof, source: str, stores: Sequence[Path]) -> dict:
     ex = _experiments()
     classes, n_train, n_test = data_sizes(prof, source)
     backbone = variant.backbone or prof.backbone
-    model_kw, artefact, prepare_key = dict(variant.model_kw), None, None
+    model_kw, artefact, prepare_key = variant.resolve_kw(prof, classes), None, None  # a control's matched width
     if variant.prepare:
         pconf = ex.prepare_config(variant, prof, classes, n_train, n_test)
         phash = store_mod.config_hash(pconf)

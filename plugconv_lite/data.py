@@ -132,6 +132,7 @@ class Dataset:
     source: str                          # "cifar100" or "synthetic"
     md5: dict = field(default_factory=dict)
     root: Optional[str] = None
+    note: str = ""                       # where the data came from, in one line (experiments.get_data sets it)
 
     @property
     def num_classes(self) -> int:

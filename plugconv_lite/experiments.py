@@ -8,14 +8,18 @@ one resumes from its checkpoint, so the full-profile command can simply be re-ru
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import hashlib
+import io
 import os
 import platform
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -25,7 +29,7 @@ import torch.nn as nn
 
 from . import provenance
 from . import results as store_mod
-from .data import DataIntegrityError, Dataset, cache_dir, load_cifar100, synthetic_cifar100
+from .data import DataIntegrityError, Dataset, cache_dir, cifar100_available, load_cifar100, synthetic_cifar100
 from .measure import count_flops, count_params, latency
 from .models import build as build_backbone
 from .profiles import Profile, banner, profile as get_profile
@@ -41,24 +45,66 @@ class Variant:
 
     ``prepare`` names a registered preparation step (``register_prepare``) that must run before the variant can be
     trained, such as IC-Conv's dilation search; its JSON output's ``model_kw`` is merged into ``model_kw`` (see
-    ``prepare``). ``build`` without that output builds the unprepared network."""
+    ``prepare``). ``build`` without that output builds the unprepared network.
+
+    ``budget_of`` makes an equal-budget control: this variant's network (usually the plain backbone) is trained at
+    the base width whose ``budget`` (``"params"`` or ``"flops"``) comes closest to ``budget_of``'s network on the
+    same profile. The width is resolved per profile (``resolve_kw``) and recorded in the config."""
     name: str
     model_kw: dict = field(default_factory=dict)
     backbone: Optional[str] = None
     note: str = ""
     prepare: Optional[str] = None
     prepare_kw: dict = field(default_factory=dict)
+    budget_of: Optional["Variant"] = None
+    budget: str = "params"
+
+    def __post_init__(self):
+        if self.budget not in ("params", "flops"):
+            raise ValueError(f"budget={self.budget!r} must be 'params' or 'flops'")
+        if self.budget_of is not None and ("width" in self.model_kw or "width_mult" in self.model_kw):
+            raise ValueError(f"variant {self.name!r}: budget_of chooses the width; do not also set width/width_mult")
 
     def build(self, profile: Profile, num_classes: int = 100, model_kw: Optional[dict] = None) -> nn.Module:
-        """The variant's network; ``model_kw`` (e.g. from ``prepare``) replaces the variant's own kwargs."""
+        """The variant's network; ``model_kw`` (e.g. from ``prepare``) replaces the variant's own kwargs. An
+        explicit ``width`` in the kwargs wins over ``width_mult`` (which scales the profile's base width)."""
         kw = dict(self.model_kw if model_kw is None else model_kw)
+        if model_kw is None and self.budget_of is not None:
+            kw = self.resolve_kw(profile, num_classes)
         backbone = self.backbone or profile.backbone
         width_mult = kw.pop("width_mult", 1.0)
         if backbone == "mobilenetv2":
             kw["width_mult"] = width_mult
-        elif backbone == profile.backbone:
+        elif backbone == profile.backbone and "width" not in kw:
             kw["width"] = max(1, round(profile.width * width_mult))
         return build_backbone(backbone, num_classes=num_classes, **kw)
+
+    def resolve_kw(self, profile: Profile, num_classes: int = 100) -> dict:
+        """The kwargs this variant trains with on ``profile``: its own, plus the matched ``width`` of an
+        equal-budget control."""
+        kw = dict(self.model_kw)
+        if self.budget_of is None:
+            return kw
+        target = cost_of(self.budget_of.build(profile, num_classes), self.budget)
+        kw["width"] = matched_width(lambda w: cost_of(self.build(profile, num_classes, model_kw={**kw, "width": w}),
+                                                      self.budget), target, start=profile.width)
+        return kw
+
+
+def cost_of(model: nn.Module, budget: str) -> int:
+    """The parameters or forward FLOPs (one 32 x 32 image) of ``model``."""
+    return count_params(model) if budget == "params" else count_flops(model, (1, 3, 32, 32))
+
+
+def matched_width(cost: Callable[[int], float], target: float, start: int) -> int:
+    """The integer width whose ``cost(width)`` (increasing in width) is closest to ``target``."""
+    lo, hi = 1, max(2, start)
+    while cost(hi) < target:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # invariant: cost(lo) < target <= cost(hi), or lo == 1
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) < target else (lo, mid)
+    return min((lo, hi), key=lambda w: abs(cost(w) - target))
 
 
 BASELINE = Variant("baseline", note="the plain backbone")
@@ -85,56 +131,6 @@ def register_prepare(name: str, fn: Callable[..., dict]) -> None:
     if name in PREPARES and PREPARES[name] is not fn:
         raise ValueError(f"prepare {name!r} is already registered to {PREPARES[name]!r}")
     PREPARES[name] = fn
-
-
-register_experiment("baseline", [BASELINE])
-register_experiment("se", [BASELINE, Variant("se", {"attn": "se"}, note="SE (reduction 16) on every residual branch")])
-register_experiment("pyconv", [BASELINE, Variant(
-    "pyconv", {"conv": "pyconv"},
-    note="PyConv on every 3x3 conv of the blocks, pyramid per stage: kernels 3-9 / 3-7 / 3-5 / 3 at 32 / 16 / 8 / 4 px")])
-register_experiment("psconv", [BASELINE, Variant(
-    "psconv", {"conv": "psconv", "conv_kw": {"parts": 4, "d": 2}},
-    note="PSConv (P=4 parts, d=2: dilations 1, 2, 4) on every 3x3 conv of the blocks")])
-register_experiment("scconv", [BASELINE, Variant("scconv", {"conv": "scconv", "conv_kw": {"pooling_r": 4}},
-                                                note="SCConv (pooling_r 4) in place of every 3x3 conv of the blocks")])
-register_experiment("res2net", [
-    BASELINE,
-    Variant("res2net", {"block": "res2net", "block_kw": {"scale": 4, "base_width": 40}},
-            note="Res2Net blocks, scale 4, base_width 40 (about the baseline's parameters)"),
-    Variant("bottleneck", {"block": "res2net", "block_kw": {"scale": 1, "base_width": 76}},
-            note="control: the same bottleneck without the hierarchy (scale 1), base_width 76 for about the same "
-                 "parameters")])
-
-# DO-Conv (chapter 02): W initialised with the backbone's own conv rule, so with D = 0 and D_mul = M*N the network
-# starts as the baseline does; only the over-parameterization differs.
-register_experiment("doconv", [BASELINE, Variant(
-    "doconv", {"conv": "doconv", "conv_kw": {"weight_init": "fan_out"}},
-    note="DO-Conv (D_mul = M*N) in place of every 3x3 conv of the residual blocks; folded for inference")])
-
-# C2sp (chapter 08): 2x2 kernels cost 4/9 of 3x3 ones, so the comparison is made twice: as a drop-in (fewer
-# parameters) and at 1.5x width, where the parameter count matches the baseline's (1.5^2 * 4/9 = 1 for the block
-# convs; the whole network lands within a few percent at widths 16 and 64, see tests/conv/test_c2sp.py).
-register_experiment("c2sp", [BASELINE, Variant(
-    "c2sp", {"conv": "c2sp", "conv_kw": {"weight_init": "fan_out"}},
-    note="C2sp (2x2 kernels, symmetric padding) in place of every 3x3 conv of the residual blocks"), Variant(
-    "c2sp_wide", {"conv": "c2sp", "conv_kw": {"weight_init": "fan_out"}, "width_mult": 1.5},
-    note="C2sp at 1.5x width: about the baseline's parameter count")])
-
-
-# IC-Conv (chapter 05): the dilation patterns come from EDO, a search run once per profile before the variant trains
-from . import edo as _edo  # noqa: E402
-
-register_prepare("edo", _edo.prepare)
-register_experiment("icconv", [BASELINE, Variant(
-    "icconv", {"conv": "icconv"}, prepare="edo",
-    prepare_kw={"D_max": 2, "supernet_budget": 1 / 3, "search_images": 1024},
-    note="IC-Conv in every 3x3 conv of the blocks; per-channel dilations (1..2 in H and W) searched by EDO")])
-
-# SPD-Conv (chapter 09): space-to-depth + a stride-1 conv in place of every strided conv (the paper's rule), i.e. the
-# three downsampling 3x3 convs AND their strided 1x1 shortcuts
-register_experiment("spdconv", [BASELINE, Variant(
-    "spdconv", {"conv": "spdconv", "conv_where": "strided"},
-    note="SPD-Conv for every strided conv: the downsampling 3x3 convs and their 1x1 shortcuts")])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -173,14 +169,31 @@ def hardware(device: torch.device) -> dict:
 
 
 def get_data(profile: Profile) -> Dataset:
-    """CIFAR-100 (downloaded if needed); synthetic data only where the profile allows it, announced loudly."""
+    """CIFAR-100 (downloaded if needed); a synthetic stand-in only where the profile allows it.
+
+    Quiet: where the data came from is in the returned dataset's ``note`` (one line, no paths), which
+    ``data_line`` prints once above an experiment's table."""
     try:
-        return load_cifar100(download=True)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = load_cifar100(download=True, progress=False)
+        return dataclasses.replace(ds, note="CIFAR-100 (every file md5-verified)")
     except (DataIntegrityError, OSError) as err:
         if not profile.allow_synthetic:
             raise DataIntegrityError(f"the {profile.name} profile needs CIFAR-100: {err}") from err
-        print(f"CIFAR-100 unavailable ({err}); the smoke profile falls back to synthetic data.")
-        return synthetic_cifar100(train=profile.train_images or 5000, test=profile.test_images or 1000)
+        ds = synthetic_cifar100(train=profile.train_images or 5000, test=profile.test_images or 1000, quiet=True)
+        why = ("it is not in the data folder and could not be downloaded" if not cifar100_available()
+               else "the copy in the data folder failed its md5 check")
+        return dataclasses.replace(ds, note=f"SYNTHETIC stand-in, not CIFAR-100: {why} "
+                                            "(set PLUGCONV_DATA to a folder holding cifar-100-python/)")
+
+
+def data_line(data: Dataset, profile: Profile) -> str:
+    """The one line an experiment prints about its data: the source and the subset the profile trains on."""
+    sub = data.subset(profile.train_images, profile.test_images, seed=0)
+    note = data.note or data.source
+    return (f"Data: {note}; the {profile.name} profile uses {len(sub.train_y):,} training and "
+            f"{len(sub.test_y):,} test images.")
 
 
 def merge_kw(base: dict, extra: dict) -> dict:
@@ -221,10 +234,11 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
     written atomically to ``<store>/<dataset>/<profile>/prepare/<backbone>__<step>__<config-hash>.json`` and reused
     when present (smoke artefacts only while the library's code is unchanged), like a results record. Its config
     hash covers the step, its kwargs, the variant's own kwargs, the recipe and the data, so any change re-runs it.
-    Variants without ``prepare`` return their own ``model_kw`` and None.
+    Variants without ``prepare`` return their own ``model_kw`` (an equal-budget control's with its matched width)
+    and None.
     """
     if variant.prepare is None:
-        return dict(variant.model_kw), None
+        return variant.resolve_kw(get_profile(profile), 100 if data is None else data.num_classes), None
     if variant.prepare not in PREPARES:
         raise ValueError(f"prepare={variant.prepare!r} must be one of {sorted(PREPARES)}")
     prof = get_profile(profile)
@@ -401,21 +415,22 @@ def _versions() -> dict:
 
 
 def run_chapter(chapter: str, profile=None, seeds: Optional[Sequence[int]] = None, variants=None,
-                device=None, force: bool = False, progress: bool = True):
+                device=None, force: bool = False, progress: bool = True, data: Optional[Dataset] = None,
+                quiet: bool = False):
     """Run (or load) every variant x seed of ``chapter``; returns ``results.table`` of the records, with the records
-    in ``.attrs["records"]``. Smoke-profile tables are preceded by a banner."""
+    in ``.attrs["records"]``. Smoke-profile tables are preceded by a banner (unless ``quiet``)."""
     if chapter not in EXPERIMENTS:
         raise ValueError(f"chapter={chapter!r} must be one of {sorted(EXPERIMENTS)}")
     prof = get_profile(profile)
     seeds = prof.seeds if seeds is None else tuple(seeds)
     chosen = [v for v in EXPERIMENTS[chapter] if variants is None or v.name in variants]
-    data = get_data(prof)
+    data = get_data(prof) if data is None else data
     records = []
     for v in chosen:
         prepared = prepare(v, prof, data=data, device=device, force=force, progress=progress)
         records += [experiment(v, prof, s, chapter=chapter, data=data, device=device, force=force,
                                progress=progress, prepared=prepared) for s in seeds]
-    if banner(prof):
+    if banner(prof) and not quiet:
         print(banner(prof))
     df = store_mod.table(records)
     df.attrs["records"] = records
@@ -426,35 +441,98 @@ def full_command(chapter: str) -> str:
     return f"PLUGCONV_PROFILE=full python -m plugconv_lite run {chapter}"
 
 
-def chapter_report(chapter: str, profile=None, metric_digits: int = 2) -> None:
+def _fmt_table(table) -> "pd.DataFrame":
+    """A results table formatted for a page: one narrow row per variant, numbers rounded, CI as text."""
+    import pandas as pd
+
+    rows = []
+    for _, r in table.iterrows():
+        row = {"variant": r["variant"], "seeds": int(r["seeds"]), "params (M)": f"{r['params_M']:.2f}",
+               "MFLOPs": f"{r['MFLOPs']:.0f}",
+               "top-1 (%)": f"{r['top1_mean']:.2f}" + (f" ± {r['top1_std']:.2f}" if r["seeds"] > 1 else "")}
+        if r["variant"] != "baseline" and r["delta_top1"] == r["delta_top1"]:
+            row["Δ top-1"] = f"{r['delta_top1']:+.2f}"
+            row["95% CI"] = (f"[{r['delta_low']:+.2f}, {r['delta_high']:+.2f}]" if r["delta_low"] == r["delta_low"]
+                             else "one seed: none")
+        else:
+            row["Δ top-1"], row["95% CI"] = "", ""
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def chapter_report(chapter: str, profile=None) -> None:
     """What a chapter's Experiment section shows (in a notebook):
 
-    1. the active profile's run of every variant (smoke in CI: behind its banner, never interpreted);
-    2. the full-profile records of this chapter from the committed store, as mean +- std over seeds with a bar
-       chart, computed verdicts and provenance; or, where none exist yet, the command that produces them.
+    1. one line on the data, then the active profile's run of every variant (in CI the smoke profile: behind its
+       banner, never interpreted);
+    2. the full-profile records of this chapter from the committed store: mean +- std over seeds, the difference
+       to the baseline with its 95% Welch interval, a bar chart and the computed verdicts with provenance; or,
+       where none exist yet, the command that produces them.
     """
     from IPython.display import Markdown, display
 
-    from .viz import result_bars
-
     prof = get_profile(profile)
-    df = run_chapter(chapter, prof, progress=False)
-    shown = ["variant", "seeds", "top1_mean", "top1_std", "top5_mean", "params_M", "MFLOPs", "delta_top1"]
-    display(Markdown(f"**Active profile: `{prof.name}`**: {prof.description}"))
-    display(df[shown].set_index("variant").round(metric_digits))
+    data = get_data(prof)
+    print(data_line(data, prof))
+    df = run_chapter(chapter, prof, progress=False, data=data, quiet=True)
+    if banner(prof):
+        print(banner(prof))
+    display(_fmt_table(df))
     full = store_mod.load(profile="full", chapter=chapter)
     if not full:
+        n = len(EXPERIMENTS[chapter]) * len(get_profile("full").seeds)
         display(Markdown(
             f"**No full-profile runs of this chapter are in `results/` yet**, so this page draws no conclusion "
-            f"about accuracy. To produce them on a GPU (three seeds of every variant, about "
-            f"{len(EXPERIMENTS[chapter]) * 3} runs):\n\n```bash\n{full_command(chapter)}\n```"))
+            f"about accuracy. To produce them on a GPU ({n} runs: every variant, three seeds):\n\n"
+            f"```bash\n{full_command(chapter)}\n```"))
         return
+    from .viz import result_bars
+    import matplotlib.pyplot as plt
+
     table = store_mod.table(full)
     display(Markdown(f"**Full profile** (`results/`; {store_mod.provenance(full)}):"))
-    display(table[shown + ["latency_ms", "images_per_s"]].set_index("variant").round(metric_digits))
-    result_bars(table, title=f"{chapter}: CIFAR-100 top-1 (full profile, mean +- std over seeds)")
-    import matplotlib.pyplot as plt
+    display(_fmt_table(table))
+    result_bars(table, title=f"{chapter}: CIFAR-100 top-1, full profile (mean ± std over seeds)")
     plt.show()
-    for v in table["variant"]:
-        if v != "baseline":
-            display(Markdown("- " + store_mod.verdict(table, v)))
+    display(Markdown("\n".join("- " + store_mod.verdict(table, v) for v in table["variant"] if v != "baseline")))
+
+
+def colab_line(chapter: str) -> None:
+    """The line at the top of a chapter: what running its experiment on Colab (the colab profile) costs in time,
+    from measured throughput where a record exists, "unmeasured" otherwise."""
+    from IPython.display import Markdown, display
+
+    from .colab import expected_time
+    display(Markdown(f"*Running this chapter's experiment on Colab:* {expected_time(chapter, 'colab')}"))
+
+
+def chapter_verdict(chapter: str) -> None:
+    """The computed half of a chapter's Verdict: what each variant costs at the full profile's width relative to
+    the baseline (parameters and FLOPs counted here; GPU latency from the records, where they exist) and what the
+    full-profile evidence says (the interval-based verdicts), or that there is none yet."""
+    from IPython.display import Markdown, display
+
+    full_prof = get_profile("full")
+    variants = EXPERIMENTS[chapter]
+    models = {v.name: v.build(full_prof) for v in variants}
+    base_p, base_f = count_params(models["baseline"]), count_flops(models["baseline"])
+    records = store_mod.load(profile="full", chapter=chapter)
+    table = store_mod.table(records) if records else None
+    lat = {} if table is None else dict(zip(table["variant"], table["latency_ms"]))
+    lines = [f"**Cost** (ResNet-18 at width {full_prof.width}, one 32×32 image, relative to the baseline):"]
+    for v in variants[1:]:
+        m = models[v.name]
+        gpu = (f"GPU latency ×{lat[v.name] / lat['baseline']:.2f} (batch 1, from the records)"
+               if v.name in lat and "baseline" in lat else "GPU latency not yet measured")
+        lines.append(f"- `{v.name}`: parameters ×{count_params(m) / base_p:.2f}, FLOPs ×{count_flops(m) / base_f:.2f}"
+                     f" (as trained); {gpu}.")
+    if table is None:
+        lines.append("\n**Evidence:** no full-profile runs yet, so there is no evidence either way on our recipe. "
+                     f"They are one command away on a GPU: `{full_command(chapter)}`.")
+    else:
+        lines.append(f"\n**Evidence** ({store_mod.provenance(records)}):")
+        lines += ["- " + store_mod.verdict(table, v.name) for v in variants[1:]]
+    display(Markdown("\n".join(lines)))
+
+
+from . import chapters as _chapters  # noqa: E402,F401  (the chapter files register their experiments)

@@ -125,10 +125,14 @@ def measure(model: nn.Module, input_size=(1, 3, 32, 32), device=None, warmup: in
 
 
 def compare(models: Mapping[str, nn.Module], baseline: Optional[str] = None, input_size=(1, 3, 32, 32), device=None,
-            warmup: int = 10, repeats: int = 50, timing: bool = True):
+            warmup: int = 10, repeats: int = 50, timing: bool = True, rounds: int = 7):
     """A pandas DataFrame of ``measure`` for each named model, with ratios against ``baseline`` (default: first).
 
-    Models are timed in interleaved rounds so that a machine slowing down affects all of them alike.
+    Latency is measured in ``rounds`` interleaved rounds (every model once per round, after its own warm-up), so a
+    machine that slows down or speeds up affects all models alike. ``latency_ms`` is the median over all timings;
+    ``latency_ms_ratio`` the median of the per-round ratios to the baseline, and ``ratio_low`` / ``ratio_high``
+    their smallest and largest value: where that range includes 1, the difference is inside the timing noise
+    (``latency_statement`` says so in words).
     """
     import pandas as pd
 
@@ -138,14 +142,17 @@ def compare(models: Mapping[str, nn.Module], baseline: Optional[str] = None, inp
     baseline = names[0] if baseline is None else baseline
     if baseline not in models:
         raise ValueError(f"baseline={baseline!r} must be one of {names}")
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
     rows = {n: measure(m, input_size, device, timing=False) for n, m in models.items()}
+    per_round = {n: [] for n in names}
     if timing:
         samples = {n: [] for n in names}
-        rounds = 5
-        for _ in range(rounds):
+        for r in range(rounds):
             for n in names:
-                samples[n].extend(latency(models[n], input_size, device, warmup if not samples[n] else 2,
-                                          max(1, repeats // rounds))[2])
+                t = latency(models[n], input_size, device, warmup if r == 0 else 2, max(1, repeats // rounds))[2]
+                samples[n].extend(t)
+                per_round[n].append(float(np.median(t)))
         for n in names:
             q1, med, q3 = np.percentile(samples[n], [25, 50, 75])
             rows[n].latency_ms, rows[n].latency_iqr_ms = float(med), float(q3 - q1)
@@ -153,10 +160,30 @@ def compare(models: Mapping[str, nn.Module], baseline: Optional[str] = None, inp
     df = df.astype({"params": int, "flops": int, "latency_ms": float, "latency_iqr_ms": float,
                     "peak_memory_mb": float, "batch_size": int})
     df.insert(2, "MFLOPs", df["flops"] / 1e6)
-    for col in ("params", "flops", "latency_ms"):
+    for col in ("params", "flops"):
         df[f"{col}_ratio"] = df[col] / df.loc[baseline, col]
+    ratios = {n: np.asarray(per_round[n]) / np.asarray(per_round[baseline]) if timing else np.array([np.nan])
+              for n in names}
+    df["latency_ms_ratio"] = [float(np.median(ratios[n])) for n in names]
+    df["ratio_low"] = [float(ratios[n].min()) for n in names]
+    df["ratio_high"] = [float(ratios[n].max()) for n in names]
+    df.attrs.update(baseline=baseline, rounds=rounds if timing else 0)
     df.index.name = "model"
     return df
+
+
+def latency_statement(df, name: str) -> str:
+    """One sentence on ``name``'s latency against the baseline of ``compare``'s table: a ratio where every
+    interleaved round agrees on its direction, otherwise that the difference is inside the timing noise."""
+    base, r = df.attrs.get("baseline", df.index[0]), df.loc[name]
+    where = f"{r['device']}, batch {int(r['batch_size'])}"
+    if not r["latency_ms_ratio"] == r["latency_ms_ratio"]:
+        return f"{name}: latency not measured"
+    span = f"x{r['ratio_low']:.2f} to x{r['ratio_high']:.2f} over {df.attrs.get('rounds', '?')} interleaved rounds"
+    if r["ratio_low"] <= 1.0 <= r["ratio_high"]:
+        return (f"{name} vs {base} ({where}): no latency difference beyond the timing noise "
+                f"(per-round ratios {span}).")
+    return f"{name} takes x{r['latency_ms_ratio']:.2f} the latency of {base} ({where}; {span})."
 
 
 def summary(model: nn.Module, input_size=(1, 3, 32, 32), depth: int = 3, **kw) -> str:

@@ -14,16 +14,42 @@ import seaborn as sns
 from .receptive import sampling_offsets
 
 sns.set_theme(context="notebook", style="whitegrid", palette="deep")
+# figures are drawn at the size the book's column shows them (about 680 px): 100 dpi, at most ~6.8 inches wide
+plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (6.4, 3.6)})
 
 PALETTE = sns.color_palette("deep")
 
 
+class _Source:
+    """Syntax-highlighted source whose long lines wrap inside the column (with a hanging indent) instead of
+    scrolling sideways; plain text where HTML is not rendered."""
+
+    STYLE = (".plugconv-source pre {white-space: pre-wrap; overflow-wrap: anywhere; padding-left: 2.5em; "
+             "text-indent: -2.5em; font-size: 0.85em;}")
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def _repr_html_(self) -> str:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        lines = highlight(self.code, PythonLexer(), HtmlFormatter(nowrap=True)).splitlines()
+        # one <span> per line, so the hanging indent applies to each source line, not to the whole block
+        body = "\n".join(f'<span style="display:block">{line or " "}</span>' for line in lines)
+        return (f"<style>{self.STYLE}</style><div class=\"plugconv-source highlight\"><pre>{body}</pre></div>")
+
+    def __repr__(self) -> str:
+        return self.code
+
+
 def source(obj):
-    """The library's own source of ``obj`` (class, function or module), syntax-highlighted in a notebook."""
+    """The library's own source of ``obj`` (class, function or module), syntax-highlighted in a notebook; long
+    lines wrap inside the book's column."""
     import inspect
 
-    from IPython.display import Code
-    return Code(inspect.getsource(obj), language="python")
+    return _Source(inspect.getsource(obj))
 
 
 def _ax(ax=None, figsize=(4.5, 4)):

@@ -38,3 +38,13 @@ def cifar(cifar_root):
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how long each page of the book build took to execute, slowest first."""
+    times = getattr(sys.modules.get("test_book"), "EXECUTION_TIMES", None) or {}
+    if times:
+        terminalreporter.write_sep("-", "book: notebook execution times (s), slowest first")
+        for page, secs in sorted(times.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{secs:7.1f}  {page}")
+        terminalreporter.write_line(f"{sum(times.values()):7.1f}  total")

@@ -41,11 +41,37 @@ def site(tmp_path_factory):
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "--path-output", str(out), "-W", "-n",
            "--keep-going"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2400)
     log = proc.stdout + proc.stderr
     (out / "build.log").write_text(log)
+    EXECUTION_TIMES.update(execution_times(log))
     assert proc.returncode == 0, f"book build failed:\n{log[-6000:]}"
     return out / "_build" / "html"
+
+
+EXECUTION_TIMES: dict = {}  # page -> seconds, filled by the build; printed by conftest's terminal summary
+CHAPTER_BUDGET_S = 40  # chapter standard v2: a chapter executes in at most 40 s on the CI machine
+
+
+def execution_times(log: str) -> dict:
+    """{page: seconds} from myst-nb's "<path>.ipynb: Executed notebook in N seconds" lines of a build log."""
+    times = {}
+    for path, secs in re.findall(r"(\S+)\.ipynb: Executed notebook in ([0-9.]+) seconds", log):
+        times[str(Path(path).relative_to(ROOT)) if Path(path).is_absolute() else path] = float(secs)
+    return times
+
+
+def test_chapters_execute_within_their_budget(site):
+    if not EXECUTION_TIMES:
+        pytest.skip("no build log (PLUGCONV_BUILT_SITE was given)")
+    over = {p: t for p, t in EXECUTION_TIMES.items() if t > CHAPTER_BUDGET_S}
+    assert not over, f"pages over the {CHAPTER_BUDGET_S} s execution budget: {over}"
+
+
+def test_execution_times_are_read_from_the_build_log():
+    log = (f"{ROOT}/chapters/01_se.ipynb: Executed notebook in 21.5 seconds [mystnb]\n"
+           "book/testbed.ipynb: Executed notebook in 3.0 seconds [mystnb]\n")
+    assert execution_times(log) == {"chapters/01_se": 21.5, "book/testbed": 3.0}
 
 
 def test_every_toc_page_is_built(site):
@@ -175,3 +201,50 @@ def test_explore_widgets_work_without_a_kernel(site, server, browser):
         assert not outside, f"{page} requested outside resources: {outside[:3]}"
         assert not [u for u in failed if not u.endswith("favicon.ico")], f"{page}: failed requests {failed[:3]}"
         context.close()
+
+
+LAYOUT = """() => {
+  const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const right = article.getBoundingClientRect().right;
+  const equations = [];
+  for (const e of document.querySelectorAll('mjx-container[display="true"]')) {
+    const m = (e.querySelector('mjx-math') || e).getBoundingClientRect();
+    if (m.width > e.getBoundingClientRect().width + 1 || m.right > right + 1)
+      equations.push(Math.round(m.width) + ' px: ' + (e.textContent || '').slice(0, 60));
+  }
+  const blocks = [...document.querySelectorAll(
+    'div.cell div.cell_input div.highlight pre, div.cell_output pre, div.cell_output div.output.text_html')];
+  const scrolling = blocks.filter(el => el.offsetParent !== null && el.scrollWidth > el.clientWidth + 1)
+    .map(el => el.scrollWidth + ' > ' + el.clientWidth + ' px: ' + (el.textContent || '').trim().slice(0, 60));
+  const shrunk = [...document.querySelectorAll('article img')]
+    .filter(im => im.naturalWidth && im.offsetParent !== null
+                  && im.getBoundingClientRect().width < 0.9 * im.naturalWidth)
+    .map(im => Math.round(im.getBoundingClientRect().width) + ' of ' + im.naturalWidth + ' px');
+  return {equations, blocks: blocks.length, scrolling, shrunk};
+}"""
+
+
+def test_pages_fit_the_column_at_1280_px(site, server, browser):
+    """Chapter standard v2's layout rule, read in Chromium at 1280 px: no display equation wider than the column,
+    at most one code/output block in ten scrolling sideways, no figure or widget frame shrunk to fit (a frame is
+    drawn at the size it is shown, so its text keeps its size)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    problems = []
+    for page in _toc_pages():
+        p = context.new_page()
+        p.goto(f"{server}/{page}.html")
+        if p.evaluate("document.querySelectorAll('div.math, span.math').length") > 0:
+            p.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise", timeout=30_000)
+            p.evaluate("MathJax.startup.promise.then(() => true)")
+        found = p.evaluate(LAYOUT)
+        if found["equations"]:
+            problems.append(f"{page}: display equations wider than the column: {found['equations']}")
+        if len(found["scrolling"]) * 10 > found["blocks"]:
+            problems.append(f"{page}: {len(found['scrolling'])} of {found['blocks']} code/output blocks scroll "
+                            f"sideways (at most one in ten may): {found['scrolling'][:4]}")
+        if found["shrunk"]:
+            problems.append(f"{page}: images shrunk to fit the column (draw them at most ~680 px wide): "
+                            f"{found['shrunk']}")
+        p.close()
+    context.close()
+    assert not problems, "\n".join(problems)

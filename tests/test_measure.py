@@ -51,3 +51,19 @@ def test_measure_and_compare():
 def test_summary_mentions_layers():
     s = pl.summary(pl.resnet20(), depth=2)
     assert "BasicBlock" in s and "Total params: 278,324" in s
+
+
+def test_compare_reports_per_round_latency_ratios():
+    df = pl.compare({"a": nn.Conv2d(3, 8, 3), "b": nn.Conv2d(3, 8, 3)}, input_size=(1, 3, 8, 8), repeats=6, rounds=3)
+    assert df.attrs == {"baseline": "a", "rounds": 3}
+    assert (df.loc["a", ["latency_ms_ratio", "ratio_low", "ratio_high"]] == 1.0).all()
+    assert df.loc["b", "ratio_low"] <= df.loc["b", "latency_ms_ratio"] <= df.loc["b", "ratio_high"]
+
+
+def test_latency_statement_calls_an_interval_containing_one_noise():
+    import pandas as pd
+    df = pd.DataFrame({"device": ["cpu"] * 3, "batch_size": [16] * 3, "latency_ms_ratio": [1.0, 1.05, 1.8],
+                       "ratio_low": [1.0, 0.9, 1.6], "ratio_high": [1.0, 1.3, 2.1]}, index=["base", "same", "slow"])
+    df.attrs.update(baseline="base", rounds=7)
+    assert "no latency difference beyond the timing noise" in pl.latency_statement(df, "same")
+    assert pl.latency_statement(df, "slow").startswith("slow takes x1.80 the latency of base (cpu, batch 16;")

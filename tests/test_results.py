@@ -137,3 +137,34 @@ def test_deployed_latency_times_a_folded_copy_and_leaves_the_model_alone():
     cost = experiments.deployed_latency(model, torch.device("cpu"))
     assert cost["latency_folded"] and cost["latency_channels_last"] and cost["latency_ms"] > 0
     assert any(type(m).__name__ == "DOConv2d" for m in model.modules())  # the trained model is not folded
+
+
+def test_equal_budget_control_matches_the_target_within_one_width_step():
+    spd = experiments.Variant("spd", {"conv": "spdconv", "conv_where": "strided"})
+    prof = PROFILES["smoke"]
+    for budget in ("params", "flops"):
+        control = experiments.Variant("plain", budget_of=spd, budget=budget)
+        kw = control.resolve_kw(prof)
+        target = experiments.cost_of(spd.build(prof), budget)
+        cost = lambda w: experiments.cost_of(experiments.BASELINE.build(prof, model_kw={"width": w}), budget)
+        assert cost(kw["width"] - 1) < target < cost(kw["width"] + 1)
+        assert abs(cost(kw["width"]) - target) <= min(abs(cost(kw["width"] - 1) - target),
+                                                      abs(cost(kw["width"] + 1) - target))
+        assert experiments.prepare(control, prof)[0] == kw  # what the record's config holds
+    with pytest.raises(ValueError, match="budget_of chooses the width"):
+        experiments.Variant("x", {"width_mult": 2.0}, budget_of=spd)
+    with pytest.raises(ValueError, match="budget="):
+        experiments.Variant("x", budget_of=spd, budget="latency")
+
+
+def test_matched_width_finds_the_closest_integer():
+    assert experiments.matched_width(lambda w: w * w, 50, start=16) == 7
+    assert experiments.matched_width(lambda w: w * w, 1, start=16) == 1
+    assert experiments.matched_width(lambda w: 10 * w, 1000, start=4) == 100
+
+
+def test_data_line_is_one_line_without_paths():
+    prof = PROFILES["smoke"]
+    ds = synthetic_cifar100(train=400, test=200, quiet=True)
+    line = experiments.data_line(ds, prof)
+    assert "\n" not in line and "/" not in line and "400 training" in line

@@ -304,3 +304,17 @@ def test_campaign_end_to_end_in_processes_without_torchinfo_or_ipywidgets(tmp_pa
     assert (out / "campaign.log").read_text().count("done") == 3
     report = results.import_packs([out / campaign.PACK_NAME], store=tmp_path / "results", dry_run=True)
     assert not report["imported"] and all("smoke-profile" in why for _, why in report["refused"])
+
+
+def test_campaign_keys_are_the_files_experiment_writes(tmp_path, store):
+    """An equal-budget control included: its matched width is part of the config, so both must resolve it."""
+    from plugconv_lite.data import synthetic_cifar100
+
+    prof = campaign.apply_overrides(PROFILES["smoke"], ["width=16", "train_images=100", "test_images=100",
+                                                       "batch_size=50"])
+    ds = synthetic_cifar100(train=100, test=100, quiet=True)
+    control = experiments.Variant("plain", budget_of=experiments.Variant("wide", {"width_mult": 1.5}))
+    rec = experiments.experiment(control, prof, 0, data=ds, store=tmp_path, progress=False, checkpoint=False,
+                                 measure_latency=False)
+    assert rec["config"]["model_kw"]["width"] == 24  # matched to the 1.5x wider network's parameters
+    assert campaign.resolve(control, prof, "synthetic", [tmp_path])["record"](0) == results.entry_name("records", rec)

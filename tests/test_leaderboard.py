@@ -8,13 +8,12 @@ import shutil
 import threading
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import pytest
 from fake_records import latency_record, pack, record
 
 from plugconv_lite import leaderboard, results
 
-matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "book" / "_static"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
@@ -66,8 +65,11 @@ def test_pareto_front_keeps_the_rows_nothing_beats(board):
     trade = board.assign(latency_b1_ms=[1.0, 2.0, 1.4, 0.9, 0.95])
     assert not leaderboard.pareto_front(trade, "latency_b1_ms")[4]  # slower than c2sp and less accurate
     fig = leaderboard.pareto_figure(board)
-    assert len(fig.axes) == 2 and fig.axes[0].get_xlabel().startswith("GPU latency, batch 1")
-    assert [t.get_text() for t in fig.axes[0].texts] == list(board[board.latency_b1_ms.notna()].variant)
+    try:
+        assert len(fig.axes) == 2 and fig.axes[0].get_xlabel().startswith("GPU latency, batch 1")
+        assert [t.get_text() for t in fig.axes[0].texts] == list(board[board.latency_b1_ms.notna()].variant)
+    finally:
+        plt.close(fig)
 
 
 def test_html_table_sort_keys_marks_and_missing_values(board):

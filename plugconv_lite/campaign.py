@@ -706,6 +706,8 @@ def run_job(kind: str, *, profile, out: Path, work: Optional[Path] = None, chapt
                                 progress=progress, prepared=prepared, checkpoint=False,
                                 measure_latency=concurrency == 1)
             rec["chapters"] = sorted(set(rec.get("chapters", [])) | set(chapters))
+            if not rec.get("git"):  # a device without .git: the commit the parts were split from
+                rec["git"] = {**source_commit(), "from": "devdata manifest"} if source_commit() else {}
             pack["records"].append(_clean(rec))
             key = store_mod.entry_name("records", rec)
         else:

@@ -18,12 +18,11 @@ from typing import Iterable, Optional
 from . import results as store_mod
 
 MIN_SEEDS = 3
-COLUMNS = [  # (column, header, format)
-    ("variant", "module", "{}"), ("chapters", "chapter", "{}"), ("seeds", "seeds", "{:.0f}"),
-    ("top1_mean", "top-1 %", "{:.2f}"), ("delta_top1", "Δ top-1", "{:+.2f}"), ("ci", "95% CI", "{}"),
-    ("decision", "decision", "{}"), ("params_M", "params (M)", "{:.2f}"), ("MFLOPs", "MFLOPs", "{:.1f}"),
-    ("latency_b1_ms", "latency b1 (ms)", "{:.3f}"), ("latency_b256_ms", "latency b256 (ms)", "{:.2f}"),
-    ("images_per_s", "train img/s", "{:,.0f}"),
+COLUMNS = [  # (column, header, format): narrow enough for the book's column at 1280 px
+    ("variant", "module", "{}"), ("seeds", "seeds", "{:.0f}"), ("top1_mean", "top-1 %", "{:.2f}"),
+    ("delta_top1", "Δ top-1", "{:+.2f}"), ("ci", "95% CI", "{}"), ("decision", "decision", "{}"),
+    ("params_M", "params M", "{:.2f}"), ("MFLOPs", "MFLOPs", "{:.0f}"), ("latency_b1_ms", "ms b1", "{:.3f}"),
+    ("latency_b256_ms", "ms b256", "{:.2f}"), ("images_per_s", "train img/s", "{:,.0f}"),
 ]
 
 
@@ -115,7 +114,7 @@ def pareto_figure(df, title: Optional[str] = None):
 
     from .viz import PALETTE
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained", sharey=True)
+    fig, axes = plt.subplots(2, 1, figsize=(6.8, 6.4), layout="constrained", sharey=True)  # 680 px at 100 dpi
     colors = {"better": PALETTE[2], "worse": PALETTE[3], "baseline": "0.2"}
     for ax, x, label in zip(axes, ("latency_b1_ms", "latency_b256_ms"), ("batch 1", "batch 256")):
         d = df[df[x].notna()]
@@ -136,7 +135,8 @@ def pareto_figure(df, title: Optional[str] = None):
         ax.margins(x=0.15)  # room for the labels of the outermost points
         ax.set_xlabel(f"GPU latency, {label} (ms, bf16)")
         ax.set_title(f"Δ top-1 vs latency, {label}")
-    axes[0].set_ylabel("Δ top-1 vs baseline (points, 95% CI)")
+    for ax in axes:
+        ax.set_ylabel("Δ top-1 (points, 95% CI)")
     if title:
         fig.suptitle(title)
     return fig
@@ -153,7 +153,7 @@ def _cell(value, fmt: str) -> tuple[str, str]:
 
 def html_table(df) -> str:
     """The board as an HTML table that sorts by any column on the static site (class ``plugconv-sortable``;
-    ``book/_static/sortable-table.js``): decided rows are marked, provisional ones say so."""
+    ``book/_static/sortable-table.js``): decided rows are marked, provisional ones carry a * and a legend."""
     head = "".join(f'<th scope="col">{html.escape(h)}</th>' for _, h, _ in COLUMNS)
     body = []
     for _, r in df.iterrows():
@@ -161,15 +161,18 @@ def html_table(df) -> str:
         for col, _, fmt in COLUMNS:
             text, key = _cell(r.get(col), fmt)
             if col == "decision":
-                mark = {"better": "▲ ", "worse": "▼ "}.get(text, "")
-                text = mark + text + (" (provisional)" if r["provisional"] and text != "baseline" else "")
+                text = {"better": "▲ ", "worse": "▼ "}.get(text, "") + text
+            if col == "seeds" and r["provisional"]:
+                text += "*"
             if col == "ci" and text != "-":
                 key = repr(float(r["delta_low"]))  # an interval sorts by its lower end
             cells.append(f'<td data-sort="{html.escape(key)}">{html.escape(text)}</td>')
         cls = f"decision-{str(r['decision']).replace(' ', '-')}" + (" provisional" if r["provisional"] else "")
         body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
+    legend = (f"* provisional: fewer than {MIN_SEEDS} seeds on a side. Latency in ms at batch 1 and 256 (GPU, "
+              "bf16); - where none was timed with the GPU to itself.")
     return (f'<table class="plugconv-sortable plugconv-leaderboard"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+            f'<tbody>{"".join(body)}</tbody></table><p class="plugconv-legend">{html.escape(legend)}</p>')
 
 
 def empty_message(profile: str = "full") -> str:

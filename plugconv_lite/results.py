@@ -255,7 +255,8 @@ def provenance(records: Iterable[dict]) -> str:
     if not records:
         return "no records"
     devices = sorted({r["hardware"].get("device", "?") for r in records})
-    commits = sorted({(r.get("git") or {}).get("commit", "?")[:8] for r in records})
+    commits = sorted({((r.get("git") or {}).get("commit") or (r.get("campaign") or {}).get("source_commit")
+                        or "?")[:8] for r in records})
     dates = sorted(r.get("date", "?")[:10] for r in records)
     return (f"{len(records)} runs on {', '.join(devices)}; commits {', '.join(commits)}; "
             f"dates {dates[0]} to {dates[-1]}; torch {', '.join(sorted({r['versions']['torch'] for r in records}))}")

@@ -77,7 +77,9 @@ def test_html_table_sort_keys_marks_and_missing_values(board):
     assert html.count("<tr") == len(board) + 1 and 'class="plugconv-sortable' in html
     se = re.search(r'<tr class="decision-better">(.*?)</tr>', html).group(1)
     assert '<td data-sort="2.0">+2.00</td>' in se and "▲ better" in se
-    assert "no interval (provisional)" in html and '<td data-sort="">-</td>' in html
+    pyconv = re.search(r'<tr class="decision-no-interval provisional">(.*?)</tr>', html).group(1)
+    assert '<td data-sort="1.0">1*</td>' in pyconv and "* provisional: fewer than 3 seeds" in html
+    assert '<td data-sort="">-</td>' in html  # missing values sort last
 
 
 def test_an_empty_store_says_so_and_gives_the_commands(tmp_path):
@@ -129,15 +131,15 @@ def test_table_sorts_in_the_browser_beside_the_widget_runtime(board, tmp_path, b
             return page.eval_on_selector_all("tbody tr", f"rows => rows.map(r => r.cells[{i}].textContent)")
 
         headers = page.locator("thead th")
-        headers.nth(4).click()  # Δ top-1, ascending
+        headers.nth(3).click()  # Δ top-1, ascending
         assert column(0) == ["worse", "c2sp", "baseline", "se", "pyconv"]
-        headers.nth(4).click()
+        headers.nth(3).click()
         assert column(0) == ["pyconv", "se", "baseline", "c2sp", "worse"]
-        assert headers.nth(4).get_attribute("aria-sort") == "descending"
-        headers.nth(9).click()  # latency b1: the rows without one stay last in either order
-        assert column(9) == ["0.900", "1.000", "1.400", "2.000", "-"]
-        headers.nth(9).click()
-        assert column(9) == ["2.000", "1.400", "1.000", "0.900", "-"]
+        assert headers.nth(3).get_attribute("aria-sort") == "descending"
+        headers.nth(8).click()  # latency at batch 1: the rows without one stay last in either order
+        assert column(8) == ["0.900", "1.000", "1.400", "2.000", "-"]
+        headers.nth(8).click()
+        assert column(8) == ["2.000", "1.400", "1.000", "0.900", "-"]
         headers.nth(0).focus()
         page.keyboard.press("Enter")
         assert column(0) == sorted(column(0))

@@ -318,3 +318,12 @@ def test_campaign_keys_are_the_files_experiment_writes(tmp_path, store):
                                  measure_latency=False)
     assert rec["config"]["model_kw"]["width"] == 24  # matched to the 1.5x wider network's parameters
     assert campaign.resolve(control, prof, "synthetic", [tmp_path])["record"](0) == results.entry_name("records", rec)
+
+
+def test_without_git_the_commit_comes_from_the_devdata_manifest(monkeypatch):
+    from plugconv_lite import devdata
+    monkeypatch.setattr(experiments, "_git", lambda: {})  # a device receives the tree without .git
+    monkeypatch.setattr(devdata, "read_manifest", lambda folder=None: {"git": {"commit": "abc123", "dirty": False}})
+    assert campaign.source_commit() == {"commit": "abc123", "dirty": False}
+    monkeypatch.setattr(devdata, "read_manifest", lambda folder=None: None)
+    assert campaign.source_commit() == {}

@@ -37,7 +37,8 @@ from ._validate import check_float, check_int
 
 PACK_NAME = "plugconv-campaign.json.gz"
 DEFAULT_CONCURRENCY = 4        # without a benchmark: a ResNet-18 at 32x32 leaves a large GPU mostly idle
-UNMEASURED_FACTOR = 2.0        # a variant never timed: assume twice the baseline's time
+UNMEASURED_FACTOR = 2.0        # a variant never timed, its FLOPs unknown: twice the baseline's time
+FLOPS_FACTOR = 1.3             # a variant never timed: 1.3 x the baseline's time x max(1, its FLOPs / baseline's)
 OVERHEAD_S = 30.0              # per process: imports, loading and checking the data, FLOPs, writing the record
 SAFETY, MARGIN_S = 1.2, 10.0   # estimate = SAFETY * measured + MARGIN_S
 DEFAULT_RUN_S = {"full": 300.0, "colab": 900.0, "smoke": 60.0}  # per run at concurrency <= 4, nothing measured
@@ -206,13 +207,15 @@ class Estimator:
     Sources, first found wins: this campaign's finished jobs of the variant (``observe``); records of the variant
     in the store (their process wall time, scaled by max(1, N / the concurrency they ran at): with the GPU shared
     by N runs, each takes at most N / n times as long as with n, as long as more runs do not lower the aggregate
-    rate); for a never-timed variant, UNMEASURED_FACTOR x the baseline's estimate; the benchmark's per-process rate;
-    else DEFAULT_RUN_S (scaled by N / 4 above 4)."""
+    rate); for a never-timed variant, the baseline's estimate x FLOPS_FACTOR x max(1, its forward FLOPs over the
+    baseline's) where ``flops_ratio`` knows them, else x UNMEASURED_FACTOR; the baseline from the benchmark's
+    per-process rate; else DEFAULT_RUN_S (scaled by N / 4 above 4)."""
 
     def __init__(self, profile, concurrency: int, records: Iterable[dict] = (), artefacts: Iterable[dict] = (),
                  latency: Iterable[dict] = (), bench: Optional[dict] = None, default_run_s: Optional[float] = None,
-                 compiled: Optional[bool] = None):
+                 compiled: Optional[bool] = None, flops_ratio: Optional[dict] = None):
         self.prof, self.n = profile, int(concurrency)
+        self.flops_ratio = dict(flops_ratio or {})
         self.seconds: dict[tuple, list[float]] = {}
         for r in records:
             self._add_record(("run", r["variant"]), r, r.get("wall_time_s", 0.0) + OVERHEAD_S)
@@ -270,10 +273,27 @@ class Estimator:
             return max(own)
         if job.kind == "prepare":  # EDO trains a supernet for a third of the budget with larger kernels
             return 2 * UNMEASURED_FACTOR * self.baseline_s()
-        return self.baseline_s() * (1.0 if job.variant == "baseline" else UNMEASURED_FACTOR)
+        if job.variant == "baseline":
+            return self.baseline_s()
+        ratio = self.flops_ratio.get(job.variant)
+        return self.baseline_s() * (UNMEASURED_FACTOR if ratio is None else FLOPS_FACTOR * max(1.0, ratio))
 
     def __call__(self, job: Job, variants: int = 0) -> float:
         return SAFETY * self.raw(job, variants) + MARGIN_S
+
+
+def flops_ratios(prof, names: Iterable[str]) -> dict:
+    """{variant: forward FLOPs / the baseline's}, counted on the CPU at a quarter of the profile's width (the ratio
+    barely depends on it, the counting time does), for estimates only; a prepared variant is counted unprepared."""
+    from .measure import count_flops
+
+    names, narrow = set(names), prof.with_(width=max(8, prof.width // 4))
+    flops = {}
+    for v, _ in unique_variants():
+        if v.name in names | {"baseline"} and v.name not in flops:
+            flops[v.name] = count_flops(v.build(narrow, 100), (1, 3, 32, 32), "cpu")
+    base = flops.get("baseline")
+    return {n: f / base for n, f in flops.items() if base}
 
 
 def best_mode(bench: dict, concurrency: int, compiled: Optional[bool] = None) -> Optional[tuple[float, float]]:
@@ -544,6 +564,7 @@ def run_campaign(*, budget_s: float, out: Path, profile=None, concurrency: Optio
     from .data import cache_dir
     from .profiles import profile as get_profile
 
+    t_entry = clock()  # the budget covers the planning too
     prof = apply_overrides(get_profile(profile), overrides)
     if concurrency is None or compile is None:
         n_best, c_best = choose(bench, prof)
@@ -561,7 +582,7 @@ def run_campaign(*, budget_s: float, out: Path, profile=None, concurrency: Optio
                 done=packer.keys(), latency=latency)
     estimator = Estimator(prof, concurrency, store_mod.load(store, prof.name) + packer.pack["records"],
                           packer.pack["artefacts"], store_mod.load_latency(store, prof.name) + packer.pack["latency"],
-                          bench, compiled=compile)
+                          bench, compiled=compile, flops_ratio=flops_ratios(prof, {j.variant for j in jobs}))
     n_variants = len(unique_variants(chapters, variants))  # what the latency job times, at most
     log(f"campaign: {len(jobs)} jobs to do ({sum(j.kind == 'run' for j in jobs)} runs), {concurrency} at once, "
         f"compile {'on' if (prof.compile if compile is None else compile) else 'off'}, budget {budget_s:.0f} s; "
@@ -596,14 +617,13 @@ def run_campaign(*, budget_s: float, out: Path, profile=None, concurrency: Optio
             log(_tail(logs / f"{job.key}.log", 1500))
         return ok
 
-    sched = Scheduler(jobs, budget_s=budget_s, concurrency=concurrency,
+    sched = Scheduler(jobs, budget_s=max(1e-3, budget_s - (clock() - t_entry)), concurrency=concurrency,
                       estimate=lambda j: estimator(j, n_variants), launch=start, finish=finish, clock=clock,
                       sleep=sleep, poll_s=poll_s, log=log)
-    t0 = clock()
     try:
         sched.run()
     finally:
-        elapsed = clock() - t0
+        elapsed = clock() - t_entry
         recs = [r for r in packer.pack["records"] if (r.get("campaign") or {}).get("job") in sched.done]
         images = sum(sum(h["train_images"] for h in r["history"]) for r in recs)
         summary = {"elapsed_s": elapsed, "jobs_planned": len(jobs), "done": sched.done, "failed": sched.failed,

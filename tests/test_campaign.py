@@ -151,6 +151,9 @@ def test_estimates_come_from_measurements_scaled_to_the_concurrency(store):
     assert Estimator(FULL, 1, [rec]).raw(base) == 100.0  # fewer: no longer than measured
     est = Estimator(FULL, 2, [rec])
     assert est.raw(se) == campaign.UNMEASURED_FACTOR * 100.0
+    by_flops = Estimator(FULL, 2, [rec], flops_ratio={"se": 1.01, "c2sp": 0.5})
+    assert by_flops.raw(se) == pytest.approx(campaign.FLOPS_FACTOR * 1.01 * 100.0)
+    assert by_flops.raw(Job("run", "c", variant="c2sp", seed=0)) == campaign.FLOPS_FACTOR * 100.0  # never below
     est.observe(se, 50.0)
     assert est.raw(se) == 50.0
     assert est.raw(Job("prepare", "resnet18__edo__x", variant="icconv")) == 2 * campaign.UNMEASURED_FACTOR * 100.0
@@ -327,3 +330,10 @@ def test_without_git_the_commit_comes_from_the_devdata_manifest(monkeypatch):
     assert campaign.source_commit() == {"commit": "abc123", "dirty": False}
     monkeypatch.setattr(devdata, "read_manifest", lambda folder=None: None)
     assert campaign.source_commit() == {}
+
+
+def test_flops_ratios_are_relative_to_the_baseline():
+    prof = PROFILES["smoke"]
+    ratios = campaign.flops_ratios(prof, ["se", "c2sp_wide"])
+    assert ratios["baseline"] == 1.0 and 1.0 < ratios["se"] < 1.05  # SE adds little arithmetic
+    assert set(ratios) == {"baseline", "se", "c2sp_wide"}

@@ -258,3 +258,12 @@ def test_pages_fit_the_column_at_1280_px(site, server, browser):
         p.close()
     context.close()
     assert not problems, "\n".join(problems)
+
+
+def test_leaderboard_page_loads_its_sortable_table_script(site):
+    """The leaderboard's table sorts on the static site through a script of ours, served from _static (no CDN);
+    tests/test_leaderboard.py checks the sorting itself beside the widget runtime."""
+    html = (site / "book" / "leaderboard.html").read_text()
+    assert re.search(r'<script src="\.\./_static/sortable-table\.js(\?[^"]*)?"', html)
+    assert re.search(r'href="\.\./_static/leaderboard\.css(\?[^"]*)?"', html)
+    assert (site / "_static" / "sortable-table.js").is_file()

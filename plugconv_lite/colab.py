@@ -261,7 +261,7 @@ def expected_time(chapter: str, profile="colab", store=None) -> str:
     records = results.load(store, profile=prof.name)
     plan_ = (f"{len(variants) * seeds} run(s): {len(variants)} variant(s) x {seeds} seed(s) x {prof.epochs} "
              f"epoch(s)")
-    seconds, devices, unmeasured = 0.0, set(), []
+    seconds, devices, unmeasured, sharing = 0.0, set(), [], 1
     for v in variants:
         backbone = v.backbone or prof.backbone
         mine = [r for r in records if r.get("variant") == v.name and r.get("backbone") == backbone
@@ -275,6 +275,7 @@ def expected_time(chapter: str, profile="colab", store=None) -> str:
         overhead = max(1.0, r["wall_time_s"] / r["train_time_s"])
         seconds += prof.epochs * images / r["throughput"]["train_images_per_s"] * overhead * seeds
         devices.add(r["hardware"].get("device", "an unrecorded device"))
+        sharing = max(sharing, (r.get("campaign") or {}).get("concurrency") or 1)
         if v.prepare:
             steps = experiments.prepared_artefacts(v.prepare, prof.name, store)
             if steps:
@@ -282,9 +283,11 @@ def expected_time(chapter: str, profile="colab", store=None) -> str:
             else:
                 unmeasured.append(f"{v.name}'s {v.prepare} step")
     head = f"Expected time with the {prof.name} profile"
-    if len(unmeasured) == len(variants):
+    if not devices:
         return f"{head}: unmeasured (no {prof.name}-profile record of this chapter in results/ yet); {plan_}."
-    source = f"from the training throughput measured on {', '.join(sorted(devices))} (results/)"
+    # a run measured while sharing its GPU with others (a campaign) was slower than one alone: an upper bound
+    shared = f", {sharing} runs sharing it" if sharing > 1 else ""
+    source = f"from the training throughput measured on {', '.join(sorted(devices))}{shared} (results/)"
     if unmeasured:
         return f"{head}: more than {_duration(seconds)} ({plan_}; {source}; unmeasured: {', '.join(unmeasured)})."
     return f"{head}: about {_duration(seconds)} ({plan_}; {source})."

@@ -121,10 +121,10 @@ def test_run_chapter_announces_before_it_loads_data(monkeypatch):
 # -- what a run costs -------------------------------------------------------------------------------------------------
 
 def _record(store, variant, chapters, images_per_s=2500.0, wall=120.0, train=100.0, device="Tesla T4",
-            date="2026-01-01T00:00:00+00:00", profile="colab"):
+            date="2026-01-01T00:00:00+00:00", profile="colab", **extra):
     path = store / "cifar100" / profile / f"resnet18__{variant}__abc__seed0__{date[:10]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
+    path.write_text(json.dumps({**extra,
         "profile": profile, "backbone": "resnet18", "variant": variant, "chapters": chapters, "seed": 0,
         "throughput": {"train_images_per_s": images_per_s}, "wall_time_s": wall, "train_time_s": train,
         "hardware": {"device": device}, "data": {"train_images": 50000}, "date": date}))
@@ -151,9 +151,17 @@ def test_expected_time_comes_from_the_measured_throughput(tmp_path):
     # the full profile: 30 epochs x 3 seeds, from full-profile records only
     assert "unmeasured" in colab.expected_time("se", "full", store=tmp_path)
     _record(tmp_path, "baseline", [], profile="full", device="NVIDIA H100")
-    _record(tmp_path, "se", ["se"], profile="full", device="NVIDIA H100")
-    assert colab.expected_time("se", "full", store=tmp_path).startswith(
-        "Expected time with the full profile: about 1 h 12 min (6 run(s)")
+    _record(tmp_path, "se", ["se"], profile="full", device="NVIDIA H100", campaign={"concurrency": 4})
+    assert colab.expected_time("se", "full", store=tmp_path) == (
+        "Expected time with the full profile: about 1 h 12 min (6 run(s): 2 variant(s) x 3 seed(s) x 30 epoch(s); "
+        "from the training throughput measured on NVIDIA H100, 4 runs sharing it (results/)).")
+
+
+def test_expected_time_counts_an_unmeasured_preparation_step(tmp_path):
+    _record(tmp_path, "icconv", ["icconv"])
+    line = colab.expected_time("icconv", "colab", store=tmp_path)  # one run measured; the EDO search is not
+    assert line.startswith("Expected time with the colab profile: more than 6 min") and line.endswith(
+        "unmeasured: baseline, icconv's edo step).")
     with pytest.raises(ValueError, match="chapter='nope' must be one of"):
         colab.expected_time("nope")
 

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .profiles import on_colab  # noqa: F401  (part of this module's interface)
+
 CHECKOUT = "/content/plugconv-lite"
 FIRST_CELL_TAGS = ["remove-cell"]
 # Colab decides what these are; pip must not replace them (see the module docstring)
@@ -55,11 +57,6 @@ _custom_widget_manager = False
 def first_cell(url: str) -> str:
     """The source of every notebook's first cell, for the repository at ``url`` (_config.yml's repository.url)."""
     return _FIRST_CELL.format(url=url, checkout=CHECKOUT)
-
-
-def on_colab() -> bool:
-    """A Colab kernel (``google.colab`` imported), or a process started from one (Colab sets COLAB_RELEASE_TAG)."""
-    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
 def custom_widget_manager_enabled() -> bool:

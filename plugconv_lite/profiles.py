@@ -11,6 +11,7 @@ channels_last activations, and mixed precision (bf16 where supported) on a GPU.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
@@ -66,13 +67,18 @@ PROFILES = {
 }
 
 
+def on_colab() -> bool:
+    """A Colab kernel (``google.colab`` imported), or a process started from one (Colab sets COLAB_RELEASE_TAG).
+    Here rather than in colab.py: a run's code fingerprint covers this file, and must not take in the set-up code."""
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
+
+
 def detect() -> str:
     """The profile the hardware suggests: smoke without a GPU; on Colab, colab whatever the GPU (its sessions are
     time-limited, and the colab budget is the one the chapters quote); elsewhere colab under 40 GB of GPU memory,
     else full."""
     if not torch.cuda.is_available():
         return "smoke"
-    from .colab import on_colab
     if on_colab():
         return "colab"
     memory = torch.cuda.get_device_properties(0).total_memory

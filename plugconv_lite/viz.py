@@ -95,10 +95,12 @@ def heatmap(values: np.ndarray, ax=None, title: str = "", xlabel: str = "", ylab
     return fig
 
 
-def erf_map(erf: np.ndarray, ax=None, title: str = "effective receptive field", radius: Optional[float] = None):
+def erf_map(erf: np.ndarray, ax=None, title: str = "effective receptive field", radius: Optional[float] = None,
+            colorbar: bool = True):
     """An effective-receptive-field map (pixels of the input); optionally with a circle of ``radius``."""
     fig, ax = _ax(ax)
-    heatmap(erf, ax=ax, title=title, xlabel="input column", ylabel="input row", cmap="magma", vmin=0, vmax=1)
+    heatmap(erf, ax=ax, title=title, xlabel="input column", ylabel="input row", cmap="magma", vmin=0, vmax=1,
+            colorbar=colorbar)
     if radius is not None:
         h, w = erf.shape
         ax.add_patch(plt.Circle(((w - 1) / 2, (h - 1) / 2), radius, fill=False, color="c", lw=1.5, ls="--"))

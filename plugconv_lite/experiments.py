@@ -422,6 +422,8 @@ def run_chapter(chapter: str, profile=None, seeds: Optional[Sequence[int]] = Non
     if chapter not in EXPERIMENTS:
         raise ValueError(f"chapter={chapter!r} must be one of {sorted(EXPERIMENTS)}")
     prof = get_profile(profile)
+    from .colab import announce
+    announce(chapter, prof)  # on Colab: the runtime, the profile and what this run costs; elsewhere nothing
     seeds = prof.seeds if seeds is None else tuple(seeds)
     chosen = [v for v in EXPERIMENTS[chapter] if variants is None or v.name in variants]
     data = get_data(prof) if data is None else data

@@ -160,7 +160,7 @@ def conv_geometry(kernel_size: int, dilation: int, groups: int, channels: int = 
     from .measure import count_flops, count_params
     from .receptive import receptive_field
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained",
+    fig, axes = plt.subplots(1, 3, figsize=(6.8, 3.6), layout="constrained",
                              gridspec_kw={"width_ratios": [1, 1, 0.9]})
     sampling_pattern(kernel_size, dilation, ax=axes[0], extent=19)
     group_connectivity(channels, channels, groups, ax=axes[1])
@@ -231,7 +231,7 @@ def cost_bars(costs: dict, baseline: Optional[str] = None, title: str = "cost", 
     """Side-by-side bars of parameters and FLOPs for named models: ``costs = {name: (params, flops)}``; ratios to
     ``baseline`` (default: the first) are written on the bars."""
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), layout="constrained")
     fig = axes[0].figure
     names = list(costs)
     base = costs[baseline or names[0]]

@@ -165,15 +165,22 @@ VISIBLE_FRAME = """el => {
 }"""
 
 
+FRAME_SIZE = """el => {
+  const img = [...el.querySelectorAll('img')].find(i => i.offsetParent !== null);
+  return [img.naturalWidth, img.getBoundingClientRect().width, el.getBoundingClientRect().width];
+}"""
+
+
 def test_explore_widgets_work_without_a_kernel(site, server, browser):
-    """On every page with an explore widget: moving each slider shows exactly the precomputed frame for the new
-    slider values, with no kernel and no request leaving the machine."""
+    """On every page with an explore widget (in a 1280-px window): the frame is shown at its natural size, within
+    the column, and moving each slider shows exactly the precomputed frame for the new slider values, with no kernel
+    and no request leaving the machine."""
     pages = [p for p in _toc_pages() if "plugconv-explore" in (site / f"{p}.html").read_text()]
     assert pages, "no page has an explore widget"
     for page in pages:
         html = (site / f"{page}.html").read_text()
         specs = _explore_specs(html)
-        context = browser.new_context()
+        context = browser.new_context(viewport={"width": 1280, "height": 900})  # the window the layout is for
         browser_page = context.new_page()
         outside, failed = [], []
         browser_page.on("request", lambda r: outside.append(r.url)
@@ -187,6 +194,9 @@ def test_explore_widgets_work_without_a_kernel(site, server, browser):
             el = widgets.nth(w)
             indices = [0] * len(sizes)
             assert base64.b64decode(el.evaluate(VISIBLE_FRAME)) == frame(indices), f"{page}: initial frame"
+            natural, shown, column = el.evaluate(FRAME_SIZE)
+            assert natural == round(shown) <= column, (
+                f"{page}: a {natural}-px frame is shown {shown:.0f} px wide in a {column:.0f}-px column")
             for s, size in enumerate(sizes):
                 if size < 2:
                     continue

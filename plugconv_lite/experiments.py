@@ -505,7 +505,7 @@ def colab_line(chapter: str) -> None:
     from IPython.display import Markdown, display
 
     from .colab import expected_time
-    display(Markdown(f"*Running this chapter's experiment on Colab:* {expected_time(chapter, 'colab')}"))
+    display(Markdown(f"*On Colab (GPU runtime):* {expected_time(chapter, 'colab')}"))
 
 
 def chapter_verdict(chapter: str) -> None:

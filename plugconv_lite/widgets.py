@@ -90,6 +90,8 @@ def outside(fig) -> list[str]:
     found, tick_labels = [], set()
     for i, ax in enumerate(fig.axes):
         for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            if not ax.axison or not axis.get_visible():  # ax.axis("off") draws no ticks
+                continue
             ticks = axis.get_major_ticks() + axis.get_minor_ticks()
             tick_labels |= {id(t) for tick in ticks for t in (tick.label1, tick.label2)}
             if beyond(axis.get_tightbbox(renderer)):  # only the ticks drawn (inside the view limits) count

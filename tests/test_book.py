@@ -10,7 +10,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,7 +19,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 pytestmark = pytest.mark.book
 
 
@@ -127,22 +125,6 @@ def _explore_specs(html: str):
 
         specs.append((sizes, frame))
     return specs
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not Path(CHROMIUM).exists():
-        # .ci/setup installs Chromium, so its absence is a broken set-up, not a reason to skip the widget check
-        if os.environ.get("PLUGCONV_NO_BROWSER"):
-            pytest.skip("PLUGCONV_NO_BROWSER is set: the built-site browser check is skipped")
-        pytest.fail("Chromium is not installed (apt-get install chromium; or set PLUGCONV_NO_BROWSER=1 to skip)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                    "--disable-component-update", "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="session")

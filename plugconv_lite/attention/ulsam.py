@@ -54,15 +54,19 @@ class ULSAM(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The g attention maps A_n, shape (B, g, H, W); each sums to 1 over its H x W positions."""
-        B, _, H, W = x.shape
-        logits = self.pw_norm(self.pw(self.pool(self.dw_norm(self.dw(x)))))   # (B, g, H, W)
+        B, C, H, W = x.shape
+        # a depthwise 1 x 1 conv is a scale (and bias) per channel: a broadcast multiply, not a conv kernel
+        t = x * self.dw.weight.reshape(1, C, 1, 1)
+        if self.dw.bias is not None:
+            t = t + self.dw.bias.reshape(1, C, 1, 1)
+        logits = self.pw_norm(self.pw(self.pool(self.dw_norm(t))))            # (B, g, H, W)
         return logits.reshape(B, self.groups, H * W).softmax(dim=-1).reshape(B, self.groups, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         A = self.attention(x)[:, :, None]                                 # (B, g, 1, H, W)
         x_n = x.reshape(B, self.groups, C // self.groups, H, W)           # the subspaces
-        return (x_n * A + x_n).reshape(B, C, H, W)
+        return torch.addcmul(x_n, x_n, A).reshape(B, C, H, W)            # x_n * A_n + x_n in one pass
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, groups={self.groups} ({self.channels // self.groups} channels each), "

@@ -12,7 +12,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .._validate import bottleneck_width, check_choice, check_float, check_int, check_odd
+from .._validate import (bottleneck_width, check_choice, check_float, check_int, check_layer,
+                         check_norm_layer_2d, check_odd)
 from ..registry import register
 
 ORDERS = ("channel-spatial", "spatial-channel", "parallel")
@@ -51,6 +52,8 @@ class CBAM(nn.Module):
         self.spatial_kernel = check_odd("spatial_kernel", spatial_kernel)
         check_choice("order", order, ORDERS)
         self.order = order
+        check_layer("act_layer", act_layer, "nn.ReLU")
+        check_layer("gate_layer", gate_layer, "nn.Sigmoid")
         # channel gate: the shared MLP
         self.fc0 = nn.Linear(channels, self.hidden, **factory)  # W_0, b_0
         self.act = act_layer()
@@ -58,7 +61,8 @@ class CBAM(nn.Module):
         # spatial gate: f, then the official code's BN (no bias in f then: the BN's shift replaces it)
         k = self.spatial_kernel
         self.conv = nn.Conv2d(2, 1, k, padding=k // 2, bias=norm_layer is None, **factory)
-        self.norm = nn.Identity() if norm_layer is None else norm_layer(1).to(**factory)
+        self.norm = nn.Identity() if norm_layer is None else check_norm_layer_2d("norm_layer", norm_layer, 1).to(
+            **factory)
         self.gate = gate_layer()
 
     def channel_attention(self, x: torch.Tensor) -> torch.Tensor:

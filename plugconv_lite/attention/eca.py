@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .._validate import check_float, check_int, check_odd
+from .._validate import check_float, check_int, check_layer, check_odd
 from ..registry import register
 
 
@@ -53,6 +53,7 @@ class ECAModule(nn.Module):
         self.adaptive = kernel_size is None
         k = adaptive_kernel_size(channels, self.gamma, self.b) if kernel_size is None else kernel_size
         self.kernel_size = check_odd("kernel_size", k)
+        check_layer("gate_layer", gate_layer, "nn.Sigmoid")
         self.conv = nn.Conv1d(1, 1, self.kernel_size, padding=self.kernel_size // 2, bias=False, device=device,
                               dtype=dtype)  # w: exactly k parameters
         self.gate = gate_layer()

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import bottleneck_width, check_choice, check_float, check_int
+from .._validate import bottleneck_width, check_choice, check_float, check_int, check_layer
 from ..registry import register
 
 FUSIONS = ("add", "mul", "both")
@@ -57,6 +57,7 @@ class GlobalContextBlock(nn.Module):
         check_choice("pooling", pooling, ("att", "avg"))
         check_choice("fusion", fusion, FUSIONS)
         self.pooling, self.fusion = pooling, fusion
+        check_layer("act_layer", act_layer, "nn.ReLU")
         self.zero_init_last, self.fused = bool(zero_init_last), bool(fused)
         # w_k; no bias: softmax is shift-invariant, so a bias would change nothing and never learn
         self.w_k = nn.Parameter(torch.empty(C, **factory)) if pooling == "att" else None

@@ -113,3 +113,11 @@ def test_born_in_the_requested_dtype():
     m = CBAM(16, dtype=torch.float64)
     assert {p.dtype for p in m.parameters()} | {b.dtype for b in m.buffers() if b.is_floating_point()} \
         == {torch.float64}
+
+
+@pytest.mark.parametrize("kw,match", [(dict(act_layer=torch.nn.ReLU()), "act_layer=.* must be a module class"),
+                                      (dict(gate_layer="sigmoid"), "gate_layer='sigmoid' must be a module class"),
+                                      (dict(norm_layer=torch.nn.BatchNorm1d), "norm_layer=BatchNorm1d must build")])
+def test_bad_layers_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        CBAM(16, **kw)

@@ -80,3 +80,8 @@ def test_stage_kernel_sizes_must_cover_every_stage():
         pl.resnet18(attn="eca", attn_kw={"stage_kernel_sizes": [3, 5, 7]})
     with pytest.raises(ValueError, match="not both"):
         pl.resnet18(attn="eca", attn_kw={"stage_kernel_sizes": [3, 5, 7, 7], "kernel_size": 3})
+
+
+def test_bad_gate_layer_raises():
+    with pytest.raises(ValueError, match="gate_layer=.* must be a module class"):
+        ECAModule(64, gate_layer=torch.nn.Sigmoid())

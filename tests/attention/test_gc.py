@@ -114,3 +114,8 @@ def test_bottleneck_never_0_or_1_units_on_cifar_widths(C):
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         GlobalContextBlock(64, **kw)
+
+
+def test_bad_act_layer_raises():
+    with pytest.raises(ValueError, match="act_layer='relu' must be a module class"):
+        GlobalContextBlock(64, act_layer="relu")

@@ -40,8 +40,8 @@ class ECAModule(nn.Module):
     ``kernel_size=None`` (the default) takes the paper's adaptive k = psi(C) (``adaptive_kernel_size``): the rule
     depends only on C, so it holds wherever the module is plugged. The released code never computes psi: its
     ResNets take one fixed k per stage (README models such as "k3557"); ``kernel_size=k`` gives that, and
-    ``from_site(site, stage_kernel_sizes=[3, 5, 5, 7])`` builds it per stage inside a backbone. k must be odd
-    (an even k would shift the channels: the output would have C + 1 gates).
+    ``from_site(site, stage_kernel_sizes=[3, 5, 5, 7])`` builds it per stage inside a backbone. k must be odd: an even
+    kernel has no centre tap (the official padding (k - 1) // 2 then yields C - 1 gates for C channels).
     """
 
     def __init__(self, channels: int, kernel_size: Optional[int] = None, gamma: float = 2, b: float = 1,

@@ -52,15 +52,19 @@ class ULSAM(nn.Module):
         else:
             self.dw_norm = self.pw_norm = nn.Identity()
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """The g attention maps A_n, shape (B, g, H, W); each sums to 1 over its H x W positions."""
-        B, C, H, W = x.shape
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The g maps before the softmax, PW_n(MaxPool(DW_n(x_n))) with the norms, shape (B, g, H, W)."""
+        C = x.shape[1]
         # a depthwise 1 x 1 conv is a scale (and bias) per channel: a broadcast multiply, not a conv kernel
         t = x * self.dw.weight.reshape(1, C, 1, 1)
         if self.dw.bias is not None:
             t = t + self.dw.bias.reshape(1, C, 1, 1)
-        logits = self.pw_norm(self.pw(self.pool(self.dw_norm(t))))            # (B, g, H, W)
-        return logits.reshape(B, self.groups, H * W).softmax(dim=-1).reshape(B, self.groups, H, W)
+        return self.pw_norm(self.pw(self.pool(self.dw_norm(t))))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The g attention maps A_n, shape (B, g, H, W); each sums to 1 over its H x W positions."""
+        B, _, H, W = x.shape
+        return self.logits(x).reshape(B, self.groups, H * W).softmax(dim=-1).reshape(B, self.groups, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape

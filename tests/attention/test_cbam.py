@@ -121,3 +121,14 @@ def test_born_in_the_requested_dtype():
 def test_bad_layers_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         CBAM(16, **kw)
+
+
+def test_spatial_gate_starts_at_one_half_as_the_official_resnet_initialises_it(rng):
+    """The official ResNet sets the spatial BN's weight and bias to 0: M_s = sigmoid(0) everywhere, in training and
+    evaluation, until the BN's scale moves."""
+    m = CBAM(32)
+    x = torch.randn(2, 32, 6, 7, generator=rng)
+    for mode in (True, False):
+        m.train(mode)
+        assert torch.equal(m.spatial_attention(x), torch.full((2, 1, 6, 7), 0.5))
+    assert torch.equal(m.fc0.bias, torch.zeros(m.hidden)) and torch.equal(m.fc1.bias, torch.zeros(32))

@@ -283,10 +283,12 @@ def sampling_overlay(kernels, labels=None, ax=None, extent: Optional[int] = None
                    color=PALETTE[i % len(PALETTE)], label=labels[i], edgecolors="white", linewidths=0.5)
     ax.set_xlim(-half - .5, half + .5)
     ax.set_ylim(half + .5, -half - .5)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
     ax.set_aspect("equal")
     ax.set_xlabel("input column offset")
     ax.set_ylabel("input row offset")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_title(title or "sampling pattern of one output pixel")
     return fig
 
@@ -310,12 +312,12 @@ def padded_map(kernel_size: int, resolution: int, position=(0, 0), dilation: int
     ax.scatter(cols[inside], rows[inside], s=s, marker="s", color=PALETTE[0], label="tap on the map")
     ax.scatter(cols[~inside], rows[~inside], s=s, marker="x", color=PALETTE[3], label="tap on zero padding")
     ax.add_patch(plt.Rectangle((-.5, -.5), resolution, resolution, fill=False, color="k", lw=1))
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
     ax.grid(False)
     ax.set_xlabel("input column")
     ax.set_ylabel("input row")
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     ax.set_title(title or f"{kernel_size}x{kernel_size} at output {tuple(position)} of a {resolution}x{resolution} map:\n"
                           f"{inside.mean():.0%} of its taps on the map")
     return fig
@@ -334,4 +336,15 @@ def annotated_heatmap(values, ax=None, title: str = "", xlabel: str = "", ylabel
                 color="white" if light else "black")
     ax.set_xticks(range(values.shape[1]))
     ax.set_yticks(range(values.shape[0]))
+    return fig
+
+
+def compact_text(fig, title: float = 9, label: float = 9, ticks: float = 8):
+    """Set the font sizes (points) of every axes' title, axis labels and tick labels of ``fig``: for panels of a
+    figure at most 6.8 in wide, where the theme's sizes crowd them. Legends and annotations keep their own."""
+    for ax in fig.axes:
+        ax.title.set_fontsize(title)
+        ax.xaxis.label.set_fontsize(label)
+        ax.yaxis.label.set_fontsize(label)
+        ax.tick_params(labelsize=ticks)
     return fig

@@ -345,12 +345,14 @@ def annotated_heatmap(values, ax=None, title: str = "", xlabel: str = "", ylabel
 
 def compact_text(fig, title: float = 9, label: float = 9, ticks: float = 8):
     """Set the font sizes (points) of every axes' title, axis labels and tick labels of ``fig``: for panels of a
-    figure at most 6.8 in wide, where the theme's sizes crowd them. Legends and annotations keep their own."""
+    figure at most 6.8 in wide, where the theme's sizes crowd them. Legends and annotations keep their own. Returns
+    ``fig``."""
     for ax in fig.axes:
         ax.title.set_fontsize(title)
         ax.xaxis.label.set_fontsize(label)
         ax.yaxis.label.set_fontsize(label)
         ax.tick_params(labelsize=ticks)
+    return fig
 
 
 def dilation_search(reference, found, errors, candidates, D_max: int, reference_title: str = "reference pattern"):

@@ -399,3 +399,33 @@ def tap_counts(counts: dict, label: str = "reads per pixel", ncols: int = 2):
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     return fig
+
+
+def padding_windows(kernel_size: int, symmetric: bool = True, ax=None, title: Optional[str] = None):
+    """The (k-1) x (k-1) windows through which one output pixel of an even-kernel conv reads its input, on the
+    k x k grid around that pixel (+): one window per channel quarter with C2sp's symmetric padding, one window
+    for every channel with one-sided ("same": bottom and right) padding. The x marks each window's centre."""
+    from .conv.c2sp import PATTERNS
+
+    fig, ax = _ax(ax, figsize=(3.2, 3.2))
+    k, e, h = kernel_size, kernel_size - 1, kernel_size // 2
+    # a quarter padded t pixels on top (plus (k-3)/2 on every side) reads rows -h + (1 - t) ... : the window's
+    # top-left corner on the grid of offsets; one-sided padding puts every channel at (1, 1) from the corner
+    corners = [(1 - t, 1 - l) for t, b, l, r in PATTERNS] if symmetric else [(1, 1)]
+    ax.imshow(np.zeros((k, k)), cmap="Greys", vmin=0, vmax=1, extent=(-h - .5, h + .5, h + .5, -h - .5))
+    for p, (r0, c0) in enumerate(corners):
+        inset = 0.06 + 0.07 * p
+        color = PALETTE[p]
+        ax.add_patch(plt.Rectangle((c0 - h - .5 + inset, r0 - h - .5 + inset), e - 2 * inset, e - 2 * inset,
+                                   fill=False, lw=2.2, edgecolor=color))
+        ax.plot(c0 - h + (e - 1) / 2, r0 - h + (e - 1) / 2, "x", color=color, ms=9, mew=2.5,
+                label=f"quarter {p}" if symmetric else "every channel")
+    ax.plot(0, 0, "+", color="k", ms=13, mew=1.5)
+    ax.set_xticks(range(-h, h + 1))
+    ax.set_yticks(range(-h, h + 1))
+    ax.grid(False)
+    ax.set_xlabel("column offset")
+    ax.set_ylabel("row offset")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title(title or f"{e}x{e}, {'symmetric' if symmetric else 'one-sided'} padding")
+    return fig

@@ -119,14 +119,39 @@ def test_parameters_and_flops_are_4_9_of_the_3x3_conv(stride):
     assert count_flops(m, (1, 64, 16, 16)) == 2 * h_out * h_out * 64 * 64 * 4
 
 
-def test_equal_budget_variant_matches_the_baseline_parameters_at_width_16_and_64():
+def test_equal_budget_variant_matches_the_baseline_parameters_and_flops_at_width_16_and_64():
     variants = {v.name: v for v in EXPERIMENTS["c2sp"]}
     for prof in (PROFILES["smoke"], PROFILES["full"]):
-        base = count_params(variants["baseline"].build(prof))
-        slim = count_params(variants["c2sp"].build(prof))
-        wide = count_params(variants["c2sp_wide"].build(prof))
-        assert slim < 0.5 * base
-        assert abs(wide / base - 1) < 0.05, (prof.width, wide / base)
+        nets = {name: variants[name].build(prof) for name in ("baseline", "c2sp", "c2sp_wide")}
+        for cost in (count_params, count_flops):
+            base, slim, wide = (cost(nets[name]) for name in ("baseline", "c2sp", "c2sp_wide"))
+            assert slim < 0.5 * base
+            assert abs(wide / base - 1) < 0.05, (prof.width, cost.__name__, wide / base)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_the_padding_windows_figure_draws_the_module_geometry(k):
+    """viz.padding_windows draws, per quarter, the window that the module's own k x k form reads."""
+    import matplotlib.pyplot as plt
+    from plugconv_lite import viz
+
+    m = C2spConv2d(4, 1, k)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    K, h = m.equivalent_kernel()[0].detach(), k // 2
+    fig = viz.padding_windows(k, symmetric=True)
+    boxes = [p for p in fig.axes[0].patches if isinstance(p, plt.Rectangle)]
+    assert len(boxes) == 4
+    for q, box in enumerate(boxes):
+        rows, cols = K[q].nonzero(as_tuple=True)
+        # the drawn box (inset for legibility) lies inside exactly the reads' cells and covers their centres
+        assert rows.min() - h - 0.5 < box.get_y() < rows.min() - h
+        assert cols.min() - h - 0.5 < box.get_x() < cols.min() - h
+        assert box.get_y() + box.get_height() > rows.max() - h and box.get_x() + box.get_width() > cols.max() - h
+    one_sided = viz.padding_windows(k, symmetric=False)
+    box = [p for p in one_sided.axes[0].patches if isinstance(p, plt.Rectangle)][0]
+    assert box.get_y() > 1 - h - 0.5 and box.get_x() > 1 - h - 0.5  # "same": the window starts one row and column in
+    plt.close("all")
 
 
 def test_gradients_and_compile_grouped(rng):

@@ -116,7 +116,8 @@ def add_attention(model: nn.Module, name_or_factory, where: Where, attn_kw=None,
     """Apply an attention module to the output of every selected module: ``m`` becomes ``Sequential(m, attn)``.
 
     The channel count comes from the module (``out_channels`` / ``num_features``) or from a probe forward pass with
-    ``input_size``. Returns the model and the names of the modules that received attention.
+    ``input_size``. A factory's ``from_site`` may decline a site (return None): that module is left as it is.
+    Returns the model and the names of the modules that received attention.
     """
     factory = resolve(name_or_factory, "attention")
     select = _where(where, lambda n, m: False)
@@ -139,14 +140,18 @@ def add_attention(model: nn.Module, name_or_factory, where: Where, attn_kw=None,
             for h in hooks:
                 h.remove()
         channels.update(found)
+    plugged = []
     for n in names:
         m = model.get_submodule(n)
         site = PlugSite(n, "attn", channels[n], channels[n], 1)
         kw = _kwargs(attn_kw, site, "attn_kw")
         attn = factory.from_site(site, **kw) if hasattr(factory, "from_site") else factory(channels[n], **kw)
+        if attn is None:  # from_site declined this site (see models/plugs.py)
+            continue
         p = next(m.parameters(), None)
         _set_module(model, n, nn.Sequential(m, attn.to(p.device) if p is not None else attn))
-    return model, names
+        plugged.append(n)
+    return model, plugged
 
 
 def fold(model: nn.Module, bn: bool = False, input_size: Optional[tuple] = (1, 3, 32, 32)) -> nn.Module:

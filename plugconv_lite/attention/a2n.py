@@ -86,7 +86,9 @@ class A2NModule(nn.Module):
 
     @staticmethod
     def _lrelu(x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(x, 0.2)
+        # in place, as the official code: every input here is a fresh intermediate, and a leaky ReLU's gradient
+        # can be read from its output, so autograd allows it (and one copy of the map is saved)
+        return F.leaky_relu(x, 0.2, inplace=True)
 
     def branch_weights(self, h: torch.Tensor) -> torch.Tensor:
         """pi = softmax(ADM(GAP(h)) / t), shape (B, 2): the weights of the attention and non-attention branch."""

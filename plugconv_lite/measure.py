@@ -14,7 +14,29 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils import flop_counter as _fc
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def _register_cpu_flash_attention_flops() -> None:
+    """``F.scaled_dot_product_attention`` on a CPU dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
+    which torch's FLOP counter has no formula for (it would count 0). Count it as the GPU kernels are counted."""
+    aten = torch.ops.aten
+    for op, formula in (("_scaled_dot_product_flash_attention_for_cpu", "sdpa_flop"),
+                        ("_scaled_dot_product_flash_attention_for_cpu_backward", "sdpa_backward_flop")):
+        target = getattr(aten, op, None)
+        if target is None or target in _fc.flop_registry or not hasattr(_fc, formula):
+            continue
+        if formula == "sdpa_flop":
+            def count(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+                return _fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+        else:
+            def count(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+                return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+        _fc.register_flop_formula(target)(count)
+
+
+_register_cpu_flash_attention_flops()
 
 
 @dataclass

@@ -25,6 +25,19 @@ def test_einsum_flops_are_counted():
     assert count_flops(Einsum(), (2, 4, 4)) == 2 * 2 * 4 * 4 * 4
 
 
+@pytest.mark.parametrize("shapes", [((2, 1, 16, 32),) * 3, ((2, 1, 16, 8), (2, 1, 16, 8), (2, 1, 16, 32))])
+def test_scaled_dot_product_attention_flops_are_counted_on_every_path(shapes):
+    """Equal head widths take the CPU's fused flash kernel (which torch's counter alone counts as 0 FLOPs), unequal
+    ones the decomposed math path: both count the two matrix products, 2 x MACs."""
+    class Attention(nn.Module):
+        def forward(self, x):
+            q, k, v = (x[..., :s[-1]] for s in shapes)
+            return nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+    (B, h, L, E), _, (*_, Ev) = shapes
+    assert count_flops(Attention(), (B, h, L, 32)) == 2 * B * h * L * L * (E + Ev)
+
+
 def test_params_exclude_buffers_and_can_exclude_frozen():
     m = nn.Linear(3, 4)
     m.register_buffer("frozen", torch.ones(100))

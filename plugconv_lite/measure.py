@@ -130,6 +130,35 @@ def peak_memory_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> 
     return torch.cuda.max_memory_allocated(device) / 2 ** 20
 
 
+def saved_activation_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> float:
+    """Memory (MB) of the tensors autograd keeps for the backward pass of one training-mode forward on
+    ``input_size``: the activation memory training needs, which (unlike ``peak_memory_mb``) can be measured on any
+    device. Each storage counts once; the parameters, buffers and the input do not count. Buffers (BN statistics) are
+    restored afterwards, and the model's train/eval mode too."""
+    device = _device_of(model, device)
+    x = torch.randn(input_size, device=device, requires_grad=True)
+    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), x)}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    buffers = [b.detach().clone() for b in model.buffers()]
+    was_training = model.training
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()(x)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+    return sum(kept.values()) / 2 ** 20
+
+
 def measure(model: nn.Module, input_size=(1, 3, 32, 32), device=None, warmup: int = 10, repeats: int = 50,
             timing: bool = True) -> Measurement:
     """Parameters, FLOPs, latency (median and IQR) and peak memory of ``model`` on ``input_size``.

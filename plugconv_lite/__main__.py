@@ -1,15 +1,42 @@
-"""Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``."""
+"""Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``,
+``assignment <chapter> --out DIR``.
+
+Errors the library reports (a bad profile, device, chapter or variant, data that cannot be had) end the command
+with one line on stderr and a non-zero exit status (2: bad input, 1: data); ``PLUGCONV_DEBUG=1`` shows the
+traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+PROG = "python -m plugconv_lite"
 
 
 def main(argv=None) -> int:
-    from . import experiments, results
-    from .profiles import PROFILES
+    """Run the command line; library errors become one line on stderr and a non-zero exit status."""
+    from .data import DataIntegrityError
+    try:
+        return _main(argv)
+    except (ValueError, DataIntegrityError) as err:
+        if os.environ.get("PLUGCONV_DEBUG"):
+            raise
+        message = " ".join(str(err).split())  # one line, whatever the library put in it
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1 if isinstance(err, DataIntegrityError) else 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to resume from the last epoch checkpoint",
+              file=sys.stderr)
+        return 130
 
-    parser = argparse.ArgumentParser(prog="python -m plugconv_lite", description=__doc__)
+
+def _main(argv=None) -> int:
+    from . import experiments, results
+    from .profiles import PROFILES, profile
+    from .train import resolve_device
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train (or load) every variant x seed of the given chapters")
     run.add_argument("chapters", nargs="+", help=f"chapter names, or 'all': {', '.join(sorted(experiments.EXPERIMENTS))}")
@@ -21,7 +48,28 @@ def main(argv=None) -> int:
     sub.add_parser("list", help="list the chapters and their variants")
     tab = sub.add_parser("table", help="summarise the committed results store")
     tab.add_argument("--profile", choices=sorted(PROFILES))
+    asg = sub.add_parser("assignment", help="a chapter as a course assignment (otter-grader): student notebook, "
+                                            "autograder zip with hidden tests, solution notebook")
+    asg.add_argument("chapter", help="a notebook stem (04_psconv, foundations_arithmetic, ...), a notebook path, "
+                                     "or 'all'")
+    asg.add_argument("--out", required=True, help="output folder; each chapter goes to OUT/<stem>/")
+    asg.add_argument("--no-run-tests", action="store_true",
+                     help="skip executing the solution notebook against the autograder (faster)")
+    asg.add_argument("--library", help="pip requirement installing plugconv-lite in the grading image "
+                                       "(default: this checkout's commit on GitHub)")
     args = parser.parse_args(argv)
+
+    if args.command == "assignment":
+        from .assignment import make_assignment
+        try:
+            made = make_assignment(args.chapter, args.out, run_tests=not args.no_run_tests, library=args.library)
+        except (ValueError, ImportError, RuntimeError) as err:
+            parser.error(str(err))
+        for a in made if isinstance(made, list) else [made]:
+            print(f"{a.chapter}: {len(a.questions)} auto-graded question(s) ({', '.join(a.questions)}), "
+                  f"{len(a.manual)} manual\n  student notebook:  {a.student}\n  solution notebook: {a.solution}\n"
+                  f"  autograder:        {a.autograder}")
+        return 0
 
     if args.command == "list":
         for chapter, variants in sorted(experiments.EXPERIMENTS.items()):
@@ -37,8 +85,20 @@ def main(argv=None) -> int:
     unknown = [c for c in chapters if c not in experiments.EXPERIMENTS]
     if unknown:
         parser.error(f"unknown chapters {unknown}; valid: {', '.join(sorted(experiments.EXPERIMENTS))}")
+    # everything that can be checked is checked before the first run starts
+    prof = profile(args.profile)
+    resolve_device(args.device)
+    if args.variants:
+        valid = sorted({v.name for c in chapters for v in experiments.EXPERIMENTS[c]})
+        typos = [v for v in args.variants if v not in valid]
+        if typos:
+            raise ValueError(f"--variants {' '.join(typos)}: no such variant in {', '.join(chapters)}; valid: "
+                             f"{', '.join(valid)}")
     for chapter in chapters:
-        df = experiments.run_chapter(chapter, args.profile, args.seeds, args.variants, args.device, args.force)
+        if args.variants and not any(v.name in args.variants for v in experiments.EXPERIMENTS[chapter]):
+            print(f"{chapter}: none of the variants {args.variants}; skipped")
+            continue
+        df = experiments.run_chapter(chapter, prof, args.seeds, args.variants, args.device, args.force)
         print(df.drop(columns=["config"]).to_string(index=False))
     return 0
 

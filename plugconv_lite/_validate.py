@@ -6,8 +6,13 @@ construction, never as a shape error deep inside ``forward``.
 """
 from __future__ import annotations
 
+import copy
+import math
 import numbers
 from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
 
 
 def _is_int(value) -> bool:
@@ -27,10 +32,12 @@ def check_int(name: str, value, *, min_value: int | None = None, max_value: int 
 
 def check_float(name: str, value, *, min_value: float | None = None, max_value: float | None = None,
                 min_inclusive: bool = True) -> float:
-    """Return ``value`` as a float if it is a real number in range."""
+    """Return ``value`` as a float if it is a finite real number in range (nan and +-inf are never accepted)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{name}={value!r} must be a real number")
     value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} must be a finite number")
     if min_value is not None:
         if min_inclusive and value < min_value:
             raise ValueError(f"{name}={value} must be >= {min_value}")
@@ -51,6 +58,38 @@ def check_choice(name: str, value, choices: Iterable) -> None:
     choices = list(choices)
     if value not in choices:
         raise ValueError(f"{name}={value!r} must be one of {choices}")
+
+
+def check_layer(name: str, value, example: str) -> None:
+    """Raise unless ``value`` is a module class or factory such as ``example`` (``act_layer=nn.ReLU``): callable, and
+    not a module instance (an instance is callable too, but calling it runs its forward)."""
+    if not callable(value) or isinstance(value, nn.Module):
+        raise ValueError(f"{name}={value!r} must be a module class or factory (a callable such as {example}), "
+                         "not an instance or a name")
+
+
+def check_norm_layer_2d(name: str, value, channels: int) -> nn.Module:
+    """Return ``value(channels)`` if it is a module that maps (B, C, H, W) maps to their own shape; raise otherwise
+    (so ``nn.BatchNorm1d`` fails at construction rather than at the first forward pass). A copy of the norm is tried
+    on a zero map in eval mode, so the returned module (running statistics, lazy shapes) is untouched."""
+    check_layer(name, value, "nn.BatchNorm2d")
+    x, why, norm = torch.zeros(2, channels, 2, 2), "", None
+    try:
+        norm = value(channels)
+        if not isinstance(norm, nn.Module):
+            why = f"{name}({channels}) returns {type(norm).__name__}, not an nn.Module"
+        else:
+            with torch.no_grad():
+                y = copy.deepcopy(norm).eval()(x)
+            if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+                why = f"{name}({channels}) maps a {tuple(x.shape)} map to {getattr(y, 'shape', type(y).__name__)}"
+    except (RuntimeError, ValueError, TypeError, AttributeError) as err:
+        cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+        why = f"{name}({channels}) fails on a {tuple(x.shape)} map: {cause}"
+    if why:
+        raise ValueError(f"{name}={getattr(value, '__name__', value)} must build a norm for (B, C, H, W) maps such "
+                         f"as nn.BatchNorm2d; {why}")
+    return norm
 
 
 def check_odd(name: str, value: int) -> int:

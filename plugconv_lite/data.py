@@ -4,17 +4,23 @@ Data root: the ``root`` argument, else ``$PLUGCONV_DATA``, else ``<cache>/data``
 torchvision-compatible folder ``<root>/cifar-100-python/{train,test,meta}``. Every file's md5 is checked BEFORE it
 is unpickled (unpickling runs code). A missing, partial or corrupt file is reported by name; with
 ``download=True`` the official archive is fetched into a temporary folder, verified, extracted, verified again and
-only then moved into place, so an interrupted download never leaves a half-written cache.
+only then moved into place, so an interrupted download never leaves a half-written cache. A download that receives
+nothing for ``timeout`` seconds (``$PLUGCONV_DOWNLOAD_TIMEOUT``, default 10) is abandoned; every failure is a
+``DataIntegrityError`` that names the missing files and the cause, and leaves no temporary or empty folder behind
+(the temporary folder of a download killed outright is removed by the next attempt).
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import pickle
 import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field, replace
@@ -23,6 +29,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
+
+from ._validate import check_float
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -37,8 +45,33 @@ MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)
 
 
+DOWNLOAD_TIMEOUT = 10.0  # seconds without a byte from the server before a download is abandoned
+
+
 class DataIntegrityError(RuntimeError):
-    """A dataset file is missing, truncated or corrupt."""
+    """A dataset file is missing, truncated or corrupt, or could not be downloaded. The message is one line that
+    names the files and the cause; ``folder`` is the dataset folder it is about (None if not known)."""
+
+    def __init__(self, message: str, folder: Optional[Path] = None):
+        super().__init__(message)
+        self.folder = folder
+
+
+def download_timeout(timeout: Optional[float] = None) -> float:
+    """Seconds a download may go without receiving anything: ``timeout``, else ``$PLUGCONV_DOWNLOAD_TIMEOUT``, else
+    ``DOWNLOAD_TIMEOUT``."""
+    if timeout is None:
+        env = os.environ.get("PLUGCONV_DOWNLOAD_TIMEOUT")
+        if not env:
+            return DOWNLOAD_TIMEOUT
+        try:
+            timeout = float(env)
+        except ValueError:
+            raise ValueError(f"PLUGCONV_DOWNLOAD_TIMEOUT={env!r} must be a number of seconds") from None
+        name = "PLUGCONV_DOWNLOAD_TIMEOUT"
+    else:
+        name = "timeout"
+    return check_float(name, timeout, min_value=0.0, min_inclusive=False)
 
 
 def cache_dir() -> Path:
@@ -57,6 +90,13 @@ def data_root(root=None) -> Path:
     if os.environ.get("PLUGCONV_DATA"):
         return Path(os.environ["PLUGCONV_DATA"]).expanduser()
     return cache_dir() / "data"
+
+
+def _root_origin(root) -> str:
+    """Where the data root came from, for messages that should not print a machine's paths."""
+    if root is not None:
+        return "root="
+    return "$PLUGCONV_DATA" if os.environ.get("PLUGCONV_DATA") else "the library's cache folder"
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -81,26 +121,78 @@ def check_files(folder: Path) -> dict[str, str]:
     return problems
 
 
-def download_cifar100(root=None, url: str = CIFAR100_URL, progress: bool = True) -> Path:
-    """Fetch and verify the official archive, then move the three files into ``<root>/cifar-100-python``."""
-    root = data_root(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+def process_alive(pid: int) -> bool:
+    """True if a process with this id exists (on this machine)."""
     try:
-        archive = tmp / "cifar-100-python.tar.gz"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale_downloads(root: Path) -> None:
+    """Remove the temporary folders of downloads whose process is gone (killed before its ``finally`` ran).
+    A folder is named ``.download-<pid>-<random>``; one without a readable pid is from an older version."""
+    for tmp in root.glob(".download-*"):
+        pid = tmp.name.split("-")[1] if tmp.name.count("-") >= 2 else ""
+        if tmp.is_dir() and not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fetch(url: str, dest: Path, timeout: float, progress: bool) -> None:
+    """Stream ``url`` into ``dest``; a read that waits more than ``timeout`` seconds raises ``TimeoutError``."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as f:
+        total = int(response.headers.get("Content-Length") or 0) or None
         bar = None
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(unit="B", unit_scale=True, desc="CIFAR-100")
-
-        def hook(blocks, block_size, total):
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-100")
+        try:
+            while block := response.read(1 << 20):
+                f.write(block)
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
             if bar is not None:
-                bar.total = total
-                bar.update(blocks * block_size - bar.n)
+                bar.close()
+    if total is not None and dest.stat().st_size != total:
+        raise DataIntegrityError(f"the download ended after {dest.stat().st_size} of {total} bytes")
 
-        urllib.request.urlretrieve(url, archive, reporthook=hook)
-        if bar is not None:
-            bar.close()
+
+def _download_failure(err: BaseException, url: str, timeout: float) -> str:
+    host = urllib.parse.urlsplit(url).netloc or url
+    reason = err.reason if isinstance(err, urllib.error.URLError) and not isinstance(err, urllib.error.HTTPError) \
+        else err
+    if isinstance(reason, TimeoutError):
+        return (f"no answer from {host} for {timeout:g} s (set PLUGCONV_DOWNLOAD_TIMEOUT or timeout= to wait longer, "
+                "or check the network/proxy)")
+    return f"{host}: {str(reason) or type(reason).__name__}"
+
+
+def download_cifar100(root=None, url: Optional[str] = None, progress: bool = True,
+                      timeout: Optional[float] = None) -> Path:
+    """Fetch and verify the official archive, then move the three files into ``<root>/cifar-100-python``.
+
+    ``timeout``: seconds without receiving anything before giving up (see ``download_timeout``). Raises
+    ``DataIntegrityError`` on any failure (network, timeout, truncated or corrupt archive); the temporary folder
+    and any folder this call created are removed, so a failure leaves the root as it was.
+    """
+    url = CIFAR100_URL if url is None else url
+    timeout = download_timeout(timeout)
+    root = data_root(root)
+    created = [d for d in (root, *root.parents) if not d.exists()][::-1]  # outermost first
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_downloads(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".download-{os.getpid()}-", dir=root))
+    ok = False
+    try:
+        archive = tmp / "cifar-100-python.tar.gz"
+        try:
+            _fetch(url, archive, timeout, progress)
+        except (OSError, http.client.HTTPException) as err:  # URLError, TimeoutError, ConnectionError, ...
+            raise DataIntegrityError(f"the download failed: {_download_failure(err, url, timeout)}") from err
         if md5sum(archive) != ARCHIVE_MD5:
             raise DataIntegrityError(f"the archive downloaded from {url} fails its md5 check ({ARCHIVE_MD5})")
         with tarfile.open(archive, "r:gz") as tar:
@@ -116,9 +208,16 @@ def download_cifar100(root=None, url: str = CIFAR100_URL, progress: bool = True)
         dest.mkdir(exist_ok=True)
         for name in FILES:
             os.replace(tmp / FOLDER / name, dest / name)  # atomic per file, after verification
+        ok = True
         return dest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not ok:
+            for d in reversed(created):  # innermost first; stops at the first folder that is not empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
 
 @dataclass
@@ -168,6 +267,15 @@ class Dataset:
             out = replace(out, test_x=out.test_x[te], test_y=out.test_y[te])
         return out
 
+    def fingerprint(self) -> dict:
+        """What identifies the data a run trains on (checkpoints must not resume on other data): the source, its
+        files' md5 and the md5 of the tensors themselves (which also tells subsets and synthetic seeds apart)."""
+        h = hashlib.md5()
+        for t in (self.train_x, self.train_y, self.test_x, self.test_y):
+            h.update(t.detach().cpu().contiguous().numpy())
+        return {"source": self.source, "md5": dict(self.md5), "tensors_md5": h.hexdigest(),
+                "train_images": len(self.train_y), "test_images": len(self.test_y), "num_classes": self.num_classes}
+
     def describe(self) -> str:
         return (f"{self.source}: {len(self.train_y)} train / {len(self.test_y)} test images, "
                 f"{self.num_classes} classes" + (f", from {self.root}" if self.root else ""))
@@ -181,11 +289,15 @@ def _unpickle(path: Path) -> dict:
 _LOADED: dict = {}
 
 
-def load_cifar100(root=None, download: bool = True, progress: bool = True) -> Dataset:
-    """CIFAR-100 from ``<root>/cifar-100-python`` (verified by md5 first), downloading it if allowed.
+def load_cifar100(root=None, download: bool = True, progress: bool = True,
+                  timeout: Optional[float] = None) -> Dataset:
+    """CIFAR-100 from ``<root>/cifar-100-python`` (verified by md5 first), downloading it if allowed (``timeout``:
+    see ``download_cifar100``).
 
-    Raises ``DataIntegrityError`` naming each missing or corrupt file when the data cannot be made intact.
+    Raises ``DataIntegrityError`` naming each missing or corrupt file, and why it could not be fetched, when the data
+    cannot be made intact.
     """
+    origin = _root_origin(root)
     root = data_root(root)
     folder = root / FOLDER
     key = str(folder.resolve())
@@ -195,15 +307,20 @@ def load_cifar100(root=None, download: bool = True, progress: bool = True) -> Da
     problems = check_files(folder)
     if problems:
         listing = "; ".join(f"{n}: {p}" for n, p in problems.items())
+        where = f"CIFAR-100 ({FOLDER}/ under {origin})"
         if not download:
             raise DataIntegrityError(
-                f"CIFAR-100 in {folder} is not intact ({listing}). Point PLUGCONV_DATA (or root=) at the folder that "
-                f"contains {FOLDER}/, or call load_cifar100(download=True) to fetch {CIFAR100_URL}.")
-        print(f"CIFAR-100 in {folder} is not intact ({listing}); downloading the official archive.")
-        download_cifar100(root, progress=progress)
+                f"{where} is not intact ({listing}). Point PLUGCONV_DATA (or root=) at the folder that contains "
+                f"{FOLDER}/, or call load_cifar100(download=True) to fetch {CIFAR100_URL}.", folder)
+        print(f"{where} is not intact ({listing}); downloading the official archive.")
+        try:
+            download_cifar100(root, progress=progress, timeout=timeout)
+        except DataIntegrityError as err:
+            raise DataIntegrityError(f"{where} is not intact ({listing}) and could not be fetched: {err}",
+                                     folder) from err
         problems = check_files(folder)
         if problems:
-            raise DataIntegrityError(f"CIFAR-100 in {folder} is still not intact after download: {problems}")
+            raise DataIntegrityError(f"{where} is still not intact after download: {problems}", folder)
         stamp = tuple((folder / n).stat().st_mtime_ns for n in FILES)
 
     def arrays(split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -245,7 +245,7 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
         output = PREPARES[variant.prepare](
             prof, data, build=lambda kw: variant.build(prof, data.num_classes, model_kw=kw),
             model_kw=dict(variant.model_kw), seed=PREPARE_SEED, device=dev,
-            checkpoint=cache_dir() / "checkpoints" / prof.name / f"{path.stem}.pt", progress=progress,
+            checkpoint=cache_dir() / "checkpoints" / data.source / prof.name / f"{path.stem}.pt", progress=progress,
             **variant.prepare_kw)
         artefact = {
             "schema": 1, "kind": "prepare", "prepare": variant.prepare, "profile": prof.name, "backbone": backbone,
@@ -306,7 +306,7 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
     device = resolve_device(device)
     torch.manual_seed(seed)
     model = variant.build(prof, data.num_classes, model_kw=model_kw)
-    checkpoint = cache_dir() / "checkpoints" / prof.name / f"{path.stem}.pt"
+    checkpoint = cache_dir() / "checkpoints" / data.source / prof.name / f"{path.stem}.pt"
     if progress:
         print(f"{variant.name} seed {seed}: training {backbone} ({count_params(model) / 1e6:.2f}M params) "
               f"on {data.describe()}")

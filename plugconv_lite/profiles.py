@@ -75,11 +75,12 @@ def detect() -> str:
 
 def profile(name: Optional[str] = None) -> Profile:
     """The named profile, else ``$PLUGCONV_PROFILE``, else the one the hardware suggests."""
+    origin = " (from $PLUGCONV_PROFILE)" if not name and os.environ.get("PLUGCONV_PROFILE") else ""
     name = name or os.environ.get("PLUGCONV_PROFILE") or detect()
     if isinstance(name, Profile):
         return name
     if name not in PROFILES:
-        raise ValueError(f"profile={name!r} must be one of {sorted(PROFILES)}")
+        raise ValueError(f"profile={name!r}{origin} must be one of {sorted(PROFILES)}")
     return PROFILES[name]
 
 

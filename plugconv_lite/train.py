@@ -7,12 +7,16 @@ Speed, and why each trick is here:
 - the loss and accuracy are accumulated as device tensors and read once per epoch: no host sync per step;
 - optional ``torch.compile`` (full profile) fuses the element-wise work around the convolutions.
 
-Robustness: a checkpoint is written atomically after every epoch; calling ``train`` again with the same checkpoint
-path resumes from it, and the resumed run ends with the same weights as an uninterrupted one (data order and
-augmentation are functions of (seed, epoch) only).
+Robustness: a checkpoint is written atomically after every epoch, with a sha256 of its contents; calling ``train``
+again with the same checkpoint path resumes from it, and the resumed run ends with the same weights as an
+uninterrupted one (data order and augmentation are functions of (seed, epoch) only). A checkpoint resumes only the
+run that wrote it: the recipe, seed, model and data (source, md5 and the tensors' md5) must all match. A damaged one
+is moved aside (``<name>.corrupt``) and the run starts from scratch, with one line saying so.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import sys
@@ -24,11 +28,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import Dataset, DeviceLoader
+from .data import Dataset, DeviceLoader, process_alive
 from .profiles import Profile
 from .registry import set_progress
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+_MAGIC = b"plugconv-lite checkpoint sha256="   # then the payload's sha256 in hex and a newline, then torch.save bytes
+_STATE_KEYS = {"version", "fingerprint", "epoch", "step", "model", "optimizer", "scaler", "history"}
 
 
 def lr_at(step: int, total_steps: int, peak: float, warmup_steps: int) -> float:
@@ -46,21 +52,99 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+def save_checkpoint(state: dict, path: Path) -> None:
+    """``torch.save`` of ``state`` behind a header with its sha256, written to a temporary file in the same folder,
+    fsynced, then renamed over ``path``: a reader sees the old file or the new one, and any later damage is caught."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        f.write(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
+        f.write(payload)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that cannot be read back as ``save_checkpoint`` wrote it."""
+
+
+def load_checkpoint(path: Path, map_location=None) -> dict:
+    """The state ``save_checkpoint`` wrote to ``path``; ``CorruptCheckpoint`` (with the cause) if the file is
+    truncated, damaged, of another format, or lacks a checkpoint's fields. Tensors only are unpickled
+    (``weights_only``)."""
+    raw = memoryview(Path(path).read_bytes())
+    end = bytes(raw[:200]).find(b"\n")
+    if not bytes(raw[:len(_MAGIC)]) == _MAGIC or end < 0:
+        raise CorruptCheckpoint("no checksum header: damaged, or written by an older version")
+    payload = raw[end + 1:]
+    if hashlib.sha256(payload).hexdigest() != bytes(raw[len(_MAGIC):end]).decode("ascii", "replace"):
+        raise CorruptCheckpoint("its contents fail their sha256 check")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as err:  # what torch raises on an unreadable payload varies (RuntimeError, EOFError, ...)
+        raise CorruptCheckpoint(f"torch.load fails: {type(err).__name__}") from err
+    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+        raise CorruptCheckpoint("it lacks a checkpoint's fields")
+    return state
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of saves killed before their rename (``.<name>.<pid>.tmp`` of a process that is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-4]
+        if not (pid.isdigit() and process_alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+
+
+def _resume_state(checkpoint: Path, device: torch.device, fingerprint: dict) -> Optional[dict]:
+    """The state to resume from: None if there is no checkpoint, or if it is corrupt (then it is moved aside and a
+    line says so); ``ValueError`` if it belongs to another run (recipe, seed, model or data differ)."""
+    checkpoint = Path(checkpoint)
+    _remove_stale_temporaries(checkpoint)
+    if not checkpoint.exists():
+        return None
+    try:
+        state = load_checkpoint(checkpoint, map_location=device)
+    except CorruptCheckpoint as err:
+        aside = checkpoint.with_name(checkpoint.name + ".corrupt")
+        os.replace(checkpoint, aside)
+        print(f"checkpoint {checkpoint} is corrupt ({err}); moved to {aside.name}, training this run from scratch",
+              file=sys.stderr, flush=True)
+        return None
+    theirs = state["fingerprint"]
+    if state["version"] != CHECKPOINT_VERSION or theirs != fingerprint:
+        differ = sorted(k for k in fingerprint.keys() | theirs.keys() if theirs.get(k) != fingerprint.get(k))
+        if "data" in differ:
+            differ[differ.index("data")] = (f"data ({theirs.get('data', {}).get('source')} there, "
+                                            f"{fingerprint['data']['source']} here)")
+        raise ValueError(f"checkpoint {checkpoint} was written by another run ({', '.join(differ)} differ); it cannot "
+                         "be resumed here. Delete it to start afresh, or use another checkpoint path")
+    return state
+
+
 def resolve_device(device=None) -> torch.device:
-    """``device`` as a torch.device; None means the GPU if there is one, else the CPU."""
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``device`` as a torch.device; None means the GPU if there is one, else the CPU. ``ValueError`` for a device
+    torch does not know or this machine does not have (``"cuda"`` without a GPU), before any work starts."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device torch knows; use e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available on this machine (torch {torch.__version__}); "
+                             "use 'cpu' or leave the device unset")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available on this machine")
+    return dev
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
@@ -91,9 +175,15 @@ def evaluate(model: nn.Module, loader: DeviceLoader, dtype: Optional[torch.dtype
             "test_loss": loss_sum.item() / n}
 
 
-def _fingerprint(profile: Profile, seed: int, model: nn.Module) -> dict:
+def _fingerprint(profile: Profile, seed: int, model: nn.Module, data: Dataset) -> dict:
+    """What a checkpoint must match to be resumed: the recipe, the seed, the model's structure (every state entry's
+    name, shape and dtype) and the data it trains on (``Dataset.fingerprint``)."""
+    layout = hashlib.md5()
+    for name, t in model.state_dict().items():
+        layout.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
     return {"recipe": profile.recipe(), "seed": seed, "model": type(model).__name__,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()), "state_layout": layout.hexdigest(),
+            "data": data.fingerprint()}
 
 
 def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, device=None,
@@ -111,6 +201,7 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    fingerprint = _fingerprint(profile, seed, model, data)
     channels_last = profile.channels_last  # NHWC: tensor cores on a GPU; oneDNN's faster kernels on a CPU too
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     dtype = amp_dtype(device, profile.amp)
@@ -132,12 +223,8 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
 
     history: list[dict] = []
     start_epoch, step = 0, 0
-    fingerprint = _fingerprint(profile, seed, model)
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
-            raise ValueError(f"checkpoint {checkpoint} was written by a different run configuration; delete it to "
-                             "start afresh")
+    state = _resume_state(checkpoint, device, fingerprint) if checkpoint is not None else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -191,7 +278,7 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
                   f"train {row['train_acc']:5.1f}%  test top-1 {row['test_top1']:5.2f}%  "
                   f"({row['images_per_s']:,.0f} img/s)", flush=True)
         if checkpoint is not None:
-            atomic_save({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch + 1,
+            save_checkpoint({"version": CHECKPOINT_VERSION, "fingerprint": fingerprint, "epoch": epoch + 1,
                          "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scaler": scaler.state_dict(), "history": history}, checkpoint)
     if bar is not None:

@@ -1,6 +1,10 @@
 """Contract checks shared by every module's tests (and run over the whole registry in test_contracts.py)."""
 from __future__ import annotations
 
+import copy
+import re
+import shutil
+
 import torch
 import torch.nn as nn
 
@@ -100,3 +104,81 @@ def bn_eval(t: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """An eval-mode BatchNorm2d written out."""
     return (t - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps) \
         * bn.weight[:, None, None] + bn.bias[:, None, None]
+
+
+# --- torch.compile with the default backend (inductor) ---------------------------------------------------------------
+# aot_eager (check_compile_and_export) traces the graph but runs eager kernels; inductor generates its own, and its
+# gradients can differ from eager (avg_pool2d with ceil_mode gave 0.1-0.4 relative input-gradient errors). Compiling
+# with inductor costs 10-50 s per module on a CPU, so the registry-wide test compiles the modules whose autograd
+# graph holds an op of the kinds inductor lowers by hand (pooling, interpolation, unfold/fold, gather/scatter and
+# indexing) or a custom autograd.Function. The rule reads the graph, so a new module that uses such an op is checked
+# without anyone listing it; PLUGCONV_INDUCTOR_ALL=1 checks every module.
+INDUCTOR_RISKY = re.compile(r"Pool|Upsample|Interpolate|Im2Col|Col2Im|Unfold|Fold|Gather|Scatter|Index|Take|"
+                            r"GridSampler")
+
+
+def inductor_risky_ops(module: nn.Module, x: torch.Tensor) -> list[str]:
+    """The autograd nodes of ``module(x)`` (training mode) that the rule above selects, e.g. ['AvgPool2DBackward0'];
+    custom autograd Functions appear as 'custom:<name>'. Empty: the module is left out of the inductor sweep."""
+    module = copy.deepcopy(module).train()
+    y = module(x.clone().requires_grad_(True))
+    found, seen, stack = set(), set(), [y.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            found.add(f"custom:{name}")
+        elif INDUCTOR_RISKY.search(name):
+            found.add(name)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return sorted(found)
+
+
+def have_cpp_compiler() -> bool:
+    """Inductor compiles C++ on a CPU."""
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / a.norm().clamp_min(1e-12)).item()
+
+
+def check_inductor_matches_eager(module: nn.Module, x: torch.Tensor, rtol: float = 1e-4) -> None:
+    """One ``torch.compile`` (default backend, inductor) of ``module`` in training mode: its output, input gradient
+    and every parameter gradient equal eager's (relative error of the norm < rtol) for a random projection loss."""
+    torch._dynamo.reset()
+    eager = module.train()
+    compiled_module = copy.deepcopy(module)
+    compiled = torch.compile(compiled_module, fullgraph=True)
+    results = []
+    for m, fn in ((eager, eager), (compiled_module, compiled)):
+        m.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = fn(xi)
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
+        (y * weights).sum().backward()
+        grads = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+        results.append((y.detach(), xi.grad, grads))
+    (y_e, gx_e, gp_e), (y_c, gx_c, gp_c) = results
+    errors = {"output": _rel_err(y_e, y_c), "input gradient": _rel_err(gx_e, gx_c)}
+    assert gp_e.keys() == gp_c.keys()
+    errors.update({f"grad of {n}": _rel_err(g, gp_c[n]) for n, g in gp_e.items()})
+    bad = {k: f"{v:.2g}" for k, v in errors.items() if not v < rtol}
+    assert not bad, f"inductor differs from eager (relative error): {bad}"
+
+
+# --- surgery ---------------------------------------------------------------------------------------------------------
+
+def floating_tensors(module: nn.Module) -> list[torch.Tensor]:
+    return [t for t in [*module.parameters(), *module.buffers()] if t.is_floating_point()]
+
+
+def check_placed_like(module: nn.Module, device, dtype, training: bool) -> None:
+    """Every floating tensor of ``module`` is on ``device`` in ``dtype``; every sub-module is in ``training`` mode."""
+    for t in floating_tensors(module):
+        assert t.device == torch.device(device) and t.dtype == dtype, (t.device, t.dtype)
+    modes = {m.training for m in module.modules()}
+    assert modes == {training}, f"modes {modes}, expected {training}"

@@ -1,10 +1,14 @@
-"""Every registered module keeps its kind's contract: shapes, gradients, compile/export, bf16, bad input."""
+"""Every registered module keeps its kind's contract: shapes, gradients, compile/export, bf16, bad input, surgery."""
+import os
+
 import pytest
 import torch
+import torch.nn as nn
 
 import plugconv_lite as pl
 from contract import (check_attention_shapes, check_bf16_autocast, check_channels_last, check_compile_and_export,
-                      check_conv_shapes, check_gradients, perturb_zero_init)
+                      check_conv_shapes, check_gradients, check_inductor_matches_eager, check_placed_like,
+                      floating_tensors, have_cpp_compiler, inductor_risky_ops, perturb_zero_init)
 
 CONVS = pl.available("conv")
 ATTENTIONS = pl.available("attention")
@@ -115,3 +119,79 @@ def test_every_registered_module_names_its_paper():
         if name != "conv2d":
             entry = pl.get(name)
             assert entry.paper and entry.year, f"{name} should cite its paper and year"
+
+
+# --- torch.compile with inductor ------------------------------------------------------------------------------------
+
+def _compile_case(name):
+    """A small case that exercises every path: stride 2 and odd map sizes (partial pooling windows)."""
+    torch.manual_seed(0)
+    kind = pl.get(name).kind
+    if kind == "conv":
+        return pl.create(name, 16, 16, 3, stride=2), torch.randn(2, 16, 9, 7)
+    if kind == "attention":
+        return pl.create(name, 16), torch.randn(2, 16, 7, 5)
+    return pl.create(name, 16, 32, stride=2), torch.randn(2, 16, 9, 7)
+
+
+def test_inductor_rule_selects_the_modules_that_pool_interpolate_or_gather():
+    """The rule that picks the inductor sweep (tests/contract.py) still sees the ops it is about."""
+    risky = {name for name in pl.available() if inductor_risky_ops(*_compile_case(name))}
+    assert {"c2sp", "scconv", "res2net", "psconv"} <= risky
+    assert "conv2d" not in risky
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", pl.available())
+def test_inductor_forward_and_gradients_match_eager(name):
+    module, x = _compile_case(name)
+    if not (inductor_risky_ops(module, x) or os.environ.get("PLUGCONV_INDUCTOR_ALL")):
+        pytest.skip("left out of the inductor sweep: no pooling, interpolation, unfold/fold, gather/scatter or custom "
+                    "autograd in its graph (PLUGCONV_INDUCTOR_ALL=1 checks it)")
+    if not have_cpp_compiler():
+        pytest.skip("inductor needs a C++ compiler on a CPU")
+    check_inductor_matches_eager(module, x)
+
+
+# --- surgery: a plugged module is born where the model lives --------------------------------------------------------
+
+@pytest.mark.parametrize("name", CONVS)
+@pytest.mark.parametrize("training", [False, True])
+def test_swap_convs_places_every_conv_like_the_model(name, training):
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, 2, 1), nn.BatchNorm2d(16)).double().train(training)
+    pl.swap_convs(model, name)
+    check_placed_like(model[0], "cpu", torch.float64, training)
+    before = [t.clone() for t in floating_tensors(model)]
+    y = model(torch.randn(2, 16, 9, 7, dtype=torch.float64))
+    assert y.dtype == torch.float64 and y.shape == (2, 16, 5, 4)
+    if not training:  # inference leaves every statistic as it was
+        assert all(torch.equal(a, b) for a, b in zip(before, floating_tensors(model)))
+    meta = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1)).to("meta")
+    pl.swap_convs(meta, name)
+    check_placed_like(meta[0], "meta", torch.float32, True)
+
+
+@pytest.mark.parametrize("name", ATTENTIONS)
+@pytest.mark.parametrize("training", [False, True])
+def test_add_attention_places_every_module_like_the_model(name, training):
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 8, 1)).double().train(training)
+    pl.add_attention(model, name, where=lambda n, m: isinstance(m, nn.ReLU))  # a ReLU: probed, no own parameters
+    check_placed_like(model[1][1], "cpu", torch.float64, training)
+    assert all(m.training == training for m in model.modules())
+    assert model(torch.randn(2, 3, 8, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", CONVS)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_swap_convs_keep_weights_is_exact_or_refused(name, stride):
+    """keep_weights=True either reproduces the pretrained conv's outputs or raises a ValueError naming the conv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, stride, 1, bias=True)).double().eval()
+    x = torch.randn(2, 16, 9, 7, dtype=torch.float64)
+    expected = model(x)
+    try:
+        pl.swap_convs(model, name, keep_weights=True)
+    except ValueError as err:
+        assert "'0'" in str(err) and type(model[0]) is nn.Conv2d  # named, and nothing swapped
+        return
+    torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)

@@ -1,8 +1,13 @@
 import hashlib
 import io
+import os
 import pickle
+import socket
+import subprocess
+import sys
 import tarfile
-from pathlib import Path
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -60,9 +65,6 @@ def fake_archive(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     monkeypatch.setattr(data, "CIFAR100_URL", archive.as_uri())
     monkeypatch.setattr(data, "_LOADED", {})
-    real_download = data.download_cifar100
-    monkeypatch.setattr(data, "download_cifar100",
-                        lambda root=None, url=None, progress=True: real_download(root, archive.as_uri(), False))
     return blobs
 
 
@@ -96,17 +98,23 @@ def test_corrupt_or_partial_file_is_redownloaded(tmp_path, fake_archive):
     assert not list(root.glob(".download-*"))
 
 
+class _BrokenResponse(io.BytesIO):
+    """An HTTP response that delivers a few bytes, then loses the connection."""
+    headers = {"Content-Length": "1000"}
+
+    def read(self, size=-1):
+        if self.tell() == 0:
+            return super().read(size)
+        raise ConnectionResetError("connection reset by peer")
+
+
 def test_interrupted_download_leaves_nothing_half_written(tmp_path, fake_archive, monkeypatch):
     root = tmp_path / "root"
-
-    def broken(url, filename, reporthook=None):
-        Path(filename).write_bytes(b"\x1f\x8b partial")
-        raise ConnectionError("connection reset")
-
-    monkeypatch.setattr(data.urllib.request, "urlretrieve", broken)
-    with pytest.raises(ConnectionError):
+    root.mkdir()
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: _BrokenResponse(b"\x1f\x8b partial"))
+    with pytest.raises(DataIntegrityError, match="could not be fetched: the download failed: .*connection reset"):
         load_cifar100(root, download=True, progress=False)
-    assert not (root / data.FOLDER).exists() and not list(root.glob(".download-*"))
+    assert not (root / data.FOLDER).exists() and not list(root.glob(".download-*")) and root.is_dir()
 
 
 def test_archive_with_wrong_md5_is_rejected(tmp_path, fake_archive, monkeypatch):
@@ -114,6 +122,107 @@ def test_archive_with_wrong_md5_is_rejected(tmp_path, fake_archive, monkeypatch)
     with pytest.raises(DataIntegrityError, match="fails its md5 check"):
         load_cifar100(tmp_path / "root", download=True, progress=False)
     assert not (tmp_path / "root" / data.FOLDER).exists()
+
+
+# --- downloads that cannot happen ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def silent_server(monkeypatch):
+    """A server on the loopback interface that accepts connections and never answers (a proxy that hangs). It stops
+    by itself after 30 s, and when the test ends."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.settimeout(0.1)
+    done, held = threading.Event(), []
+
+    def serve(deadline=time.monotonic() + 30):
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                held.append(sock.accept()[0])
+            except OSError:  # accept timed out
+                pass
+        for conn in held:
+            conn.close()
+        sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/cifar-100-python.tar.gz"
+    monkeypatch.setattr(data, "CIFAR100_URL", url)
+    yield url
+    done.set()
+    thread.join(5)
+
+
+def _closed_port_url():
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/cifar-100-python.tar.gz"  # nobody listens: connection refused at once
+
+
+def test_download_from_a_server_that_never_answers_times_out(tmp_path, silent_server):
+    root = tmp_path / "new" / "root"
+    t0 = time.monotonic()
+    with pytest.raises(DataIntegrityError, match=r"train: missing.*meta: missing.*no answer from 127.0.0.1:\d+ for "
+                                                 r"0.5 s") as err:
+        load_cifar100(root, download=True, progress=False, timeout=0.5)
+    assert time.monotonic() - t0 < 10
+    assert str(tmp_path) not in str(err.value) and "\n" not in str(err.value)  # one line, no machine path
+    assert not (tmp_path / "new").exists()  # no empty directory tree left behind
+
+
+def test_download_timeout_comes_from_the_environment(tmp_path, silent_server, monkeypatch):
+    monkeypatch.setenv("PLUGCONV_DOWNLOAD_TIMEOUT", "0.3")
+    assert data.download_timeout() == 0.3 and data.download_timeout(2) == 2.0
+    t0 = time.monotonic()
+    with pytest.raises(DataIntegrityError, match="for 0.3 s"):
+        load_cifar100(tmp_path / "root", download=True, progress=False)
+    assert time.monotonic() - t0 < 10
+    monkeypatch.setenv("PLUGCONV_DOWNLOAD_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="PLUGCONV_DOWNLOAD_TIMEOUT='soon' must be a number of seconds"):
+        data.download_timeout()
+    monkeypatch.delenv("PLUGCONV_DOWNLOAD_TIMEOUT")
+    assert data.download_timeout() == data.DOWNLOAD_TIMEOUT
+    with pytest.raises(ValueError, match="timeout=0.0 must be > 0"):
+        data.download_timeout(0)
+
+
+def test_no_network_is_a_data_integrity_error_naming_the_missing_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CIFAR100_URL", _closed_port_url())
+    (tmp_path / data.FOLDER).mkdir()
+    (tmp_path / data.FOLDER / "meta").write_bytes(b"x")
+    with pytest.raises(DataIntegrityError, match="train: missing; test: missing; meta: 1 bytes.*could not be fetched: "
+                                                 "the download failed: 127.0.0.1.*refused") as err:
+        load_cifar100(tmp_path, download=True, progress=False)
+    assert err.value.folder == tmp_path / data.FOLDER
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data.FOLDER]  # nothing added
+
+
+def test_killed_download_leftovers_are_removed_by_the_next_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "CIFAR100_URL", _closed_port_url())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [tmp_path / f".download-{dead.pid}-abc", tmp_path / ".download-old_style"]
+    live = tmp_path / f".download-{os.getpid()}-xyz"  # a download still running in this process
+    for d in stale + [live]:
+        d.mkdir()
+        (d / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b partial")
+    with pytest.raises(DataIntegrityError):
+        load_cifar100(tmp_path, download=True, progress=False)
+    assert sorted(tmp_path.glob(".download-*")) == [live]
+
+
+def test_smoke_profile_falls_back_to_synthetic_data_quickly(tmp_path, silent_server, monkeypatch):
+    from plugconv_lite.experiments import get_data
+    from plugconv_lite.profiles import PROFILES
+    monkeypatch.setenv("PLUGCONV_DATA", str(tmp_path))
+    monkeypatch.setenv("PLUGCONV_DOWNLOAD_TIMEOUT", "0.5")
+    t0 = time.monotonic()
+    ds = get_data(PROFILES["smoke"].with_(train_images=200, test_images=100))
+    assert ds.synthetic and "could not be downloaded" in ds.note and time.monotonic() - t0 < 10
+    with pytest.raises(DataIntegrityError, match="colab profile needs CIFAR-100: .*train: missing.*no answer"):
+        get_data(PROFILES["colab"])
 
 
 def test_data_root_precedence(tmp_path, monkeypatch):

@@ -99,3 +99,18 @@ def test_every_exercise_belongs_to_a_chapter_file():
     files = {m.name for m in pkgutil.iter_modules(chapters.__path__)}
     for name in NAMES:
         assert exercises.EXERCISES[name].chapter in files, name
+
+
+def test_a_registered_solution_is_the_answer_not_the_library(monkeypatch):
+    """A chapter file's @solution lives inside the package, yet it is checked as an answer: its own calls into the
+    library are still rejected."""
+    import plugconv_lite.chapters.foundations as foundations
+    src = "def receptive_field_of(layers):\n    from plugconv_lite.receptive import receptive_field\n" \
+          "    return receptive_field(layers)[-1][0]\n"
+    namespace = {}
+    exec(compile(src, foundations.__file__, "exec"), namespace)  # as if written in the chapter file
+    assert exercises.check("receptive_field", foundations.receptive_field_of).passed
+    assert exercises.check("receptive_field", namespace["receptive_field_of"]).library_calls  # not registered
+    monkeypatch.setattr(exercises.EXERCISES["receptive_field"], "solution", namespace["receptive_field_of"])
+    report = exercises.check("receptive_field", namespace["receptive_field_of"])
+    assert report.library_calls == ["plugconv_lite.receptive.receptive_field"], str(report)

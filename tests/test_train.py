@@ -1,4 +1,8 @@
 import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,7 +11,7 @@ import torch.nn as nn
 import plugconv_lite as pl
 from plugconv_lite.data import synthetic_cifar100
 from plugconv_lite.profiles import PROFILES, detect, profile
-from plugconv_lite.train import lr_at, param_groups, train
+from plugconv_lite.train import load_checkpoint, lr_at, param_groups, resolve_device, train
 
 TINY = PROFILES["smoke"].with_(name="tiny", width=8, epochs=3, batch_size=50, lr=0.05, warmup_epochs=0.5,
                                train_images=None, test_images=None)
@@ -39,7 +43,7 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(tiny_data, tmp
 
     with pytest.raises(KeyboardInterrupt):
         train(_model(), tiny_data, TINY, seed=1, checkpoint=ckpt, progress=False, on_step=interrupt)
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 1
+    assert load_checkpoint(ckpt)["epoch"] == 1
 
     resumed = _model(seed=123)  # even a differently initialised model ends identical: the weights come from ckpt
     history = train(resumed, tiny_data, TINY, seed=1, checkpoint=ckpt, progress=False)
@@ -51,8 +55,78 @@ def test_interrupted_run_resumes_to_identical_weights_and_metrics(tiny_data, tmp
 def test_checkpoint_of_another_configuration_is_refused(tiny_data, tmp_path):
     ckpt = tmp_path / "run.pt"
     train(_model(), tiny_data, TINY.with_(epochs=1), seed=0, checkpoint=ckpt, progress=False)
-    with pytest.raises(ValueError, match="different run configuration"):
+    with pytest.raises(ValueError, match=r"checkpoint .*run.pt was written by another run \(recipe differ\)"):
         train(_model(), tiny_data, TINY.with_(epochs=1, lr=0.3), seed=0, checkpoint=ckpt, progress=False)
+
+
+# --- checkpoints: identity and damage (a micro run: 2 steps) ---------------------------------------------------------
+
+MICRO = TINY.with_(epochs=1)
+
+
+@pytest.fixture(scope="module")
+def micro_data():
+    return synthetic_cifar100(train=100, test=100, num_classes=10, quiet=True)  # TINY's batch shapes: shared warm-up
+
+
+def test_checkpoint_never_resumes_on_other_data(micro_data, tmp_path):
+    """A run started on the synthetic fallback does not resume on CIFAR-100 (nor the reverse, nor on other data of
+    the same source): the checkpoint's identity holds the data source, its md5 and the tensors' md5."""
+    ckpt = tmp_path / "run.pt"
+    train(_model(), micro_data, MICRO, checkpoint=ckpt, progress=False)
+    cifar_like = replace(micro_data, source="cifar100", md5={"train": "0" * 32})
+    with pytest.raises(ValueError, match=r"data \(synthetic there, cifar100 here\) differ"):
+        train(_model(), cifar_like, MICRO, checkpoint=ckpt, progress=False)
+    other = synthetic_cifar100(train=100, test=100, num_classes=10, seed=1, quiet=True)
+    with pytest.raises(ValueError, match="data .* differ"):
+        train(_model(), other, MICRO, checkpoint=ckpt, progress=False)
+    ckpt2 = tmp_path / "run2.pt"
+    train(_model(), cifar_like, MICRO, checkpoint=ckpt2, progress=False)
+    with pytest.raises(ValueError, match=r"data \(cifar100 there, synthetic here\) differ"):
+        train(_model(), micro_data, MICRO, checkpoint=ckpt2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def micro_run(micro_data, tmp_path_factory):
+    """(history, checkpoint bytes) of one uninterrupted micro run."""
+    ckpt = tmp_path_factory.mktemp("micro") / "run.pt"
+    history = train(_model(), micro_data, MICRO, checkpoint=ckpt, progress=False)
+    return history, ckpt.read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "torch_file"])
+def test_corrupt_checkpoint_is_named_moved_aside_and_the_run_restarts(micro_data, micro_run, tmp_path, capsys,
+                                                                      damage):
+    expected, blob = micro_run
+    ckpt, neighbour = tmp_path / "run.pt", tmp_path / "other.pt"
+    neighbour.write_bytes(b"another run's checkpoint")
+    if damage == "flip":  # a byte in the middle of a tensor: torch.load alone would not notice
+        blob = bytearray(blob)
+        blob[len(blob) // 2] ^= 0xFF
+        ckpt.write_bytes(bytes(blob))
+    elif damage == "truncate":
+        ckpt.write_bytes(blob[:1000])
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
+    else:  # a plain torch file, as older versions wrote: no checksum
+        torch.save({"epoch": 1}, ckpt)
+    history = train(_model(), micro_data, MICRO, checkpoint=ckpt, progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"checkpoint {ckpt} is corrupt" in err[0] and "training this run from scratch" in err[0]
+    assert _strip_times(history) == _strip_times(expected)
+    assert (tmp_path / "run.pt.corrupt").exists() and load_checkpoint(ckpt)["epoch"] == 1
+    assert neighbour.read_bytes() == b"another run's checkpoint"
+
+
+def test_temporary_file_of_a_killed_save_is_removed(micro_data, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ckpt = tmp_path / "run.pt"
+    stale, live = tmp_path / f".run.pt.{dead.pid}.tmp", tmp_path / f".run.pt.{os.getpid()}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    train(_model(), micro_data, MICRO, checkpoint=ckpt, progress=False)
+    assert not stale.exists() and ckpt.exists()
 
 
 def test_set_progress_is_called_every_iteration_with_growing_p(tiny_data):
@@ -104,5 +178,22 @@ def test_profiles_choice(monkeypatch):
     assert profile().name == detect()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert detect() == "smoke"
-    with pytest.raises(ValueError, match="profile='huge'"):
+    with pytest.raises(ValueError, match="profile='huge' must be one of"):
         profile("huge")
+    monkeypatch.setenv("PLUGCONV_PROFILE", "huge")
+    with pytest.raises(ValueError, match=r"profile='huge' \(from \$PLUGCONV_PROFILE\) must be one of"):
+        profile()
+
+
+def test_resolve_device_refuses_devices_this_machine_lacks(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='gpu' is not a device torch knows"):
+        resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device='cuda:0': CUDA is not available"):
+        resolve_device("cuda:0")
+    assert resolve_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:3")

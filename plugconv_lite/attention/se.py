@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validate import check_float, check_int, make_divisible
+from .._validate import check_float, check_int, check_layer, make_divisible
 from ..registry import register
 
 
@@ -31,6 +31,8 @@ class SEModule(nn.Module):
         if hidden is None:
             hidden = min(channels, make_divisible(channels / reduction, self.divisor))
         self.hidden = check_int("hidden", hidden, min_value=1)
+        check_layer("act_layer", act_layer, "nn.ReLU")
+        check_layer("gate_layer", gate_layer, "nn.Sigmoid")
         self.fc1 = nn.Linear(channels, self.hidden)  # W1, b1
         self.act = act_layer()
         self.fc2 = nn.Linear(self.hidden, channels)  # W2, b2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..exercises import draw_int, exercise
+from ..exercises import draw_int, exercise, solution
 from ..measure import count_params
 
 def _conv_cost_cases(g):
@@ -39,3 +39,22 @@ def _rf_cases(g):
 def _receptive_field(layers):
     from ..receptive import receptive_field
     return receptive_field(layers)[-1][0]
+
+
+@solution("conv_cost")
+def conv_cost(c_in, c_out, k, groups, h, stride):
+    # each output channel reads c_in / groups input channels through a k x k kernel
+    params = c_out * (c_in // groups) * k * k
+    padding = k // 2
+    h_out = (h + 2 * padding - k) // stride + 1
+    # one multiply-accumulate (2 FLOPs) per weight per output position
+    return params, 2 * h_out * h_out * params
+
+
+@solution("receptive_field")
+def receptive_field_of(layers):
+    rf, jump = 1, 1  # jump: input pixels between neighbouring units of the current layer
+    for kernel, stride, dilation in layers:
+        rf += dilation * (kernel - 1) * jump
+        jump *= stride
+    return rf

@@ -3,11 +3,16 @@
 A conv module is a drop-in for ``nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
 groups, bias)``: same positional order, and with ``padding=None`` the output has the shape of
 ``nn.Conv2d(..., padding=kernel_size // 2)``.
+
+A module that can compute exactly what a plain conv of its geometry computes defines
+``load_conv_weights(weight, bias)``, which sets its parameters from that conv's (``swap_convs(...,
+keep_weights=True)`` uses it); one that cannot raises ``ValueError`` saying why (``ConvBase``'s default).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
+import torch
 import torch.nn as nn
 
 from .._validate import check_divides, check_int, pair
@@ -59,6 +64,21 @@ class ConvBase(nn.Module):
         """Module-specific hyperparameters for ``extra_repr`` (override)."""
         return ""
 
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "ConvBase":
+        """Set the parameters so that this module computes ``F.conv2d(x, weight, bias)`` with its own geometry, or
+        raise ``ValueError`` if it cannot do so exactly. The default: it cannot (subclasses that can override)."""
+        raise ValueError(f"{type(self).__name__} cannot take a plain conv's weights: no setting of its parameters is "
+                         "known to compute a plain convolution exactly")
+
+    def check_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+        """``ValueError`` unless ``weight`` (and ``bias``) are those of a plain conv with this module's geometry."""
+        expected = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"weight has shape {tuple(weight.shape)}; {type(self).__name__} expects {expected}")
+        if (bias is not None) != self.use_bias:
+            raise ValueError(f"bias is {'given' if bias is not None else 'None'} but {type(self).__name__} was built "
+                             f"with bias={self.use_bias}")
+
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
              f"padding={self.padding}")
@@ -74,8 +94,10 @@ class ConvBase(nn.Module):
 
 @register("conv2d", "conv", paper="the plain convolution (baseline)")
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` under the conv contract: ``padding=None`` means same padding and ``bias`` defaults to False."""
+    """``nn.Conv2d`` under the conv contract: ``padding=None`` means same padding and ``bias`` defaults to False.
+    ``padding_mode`` as ``nn.Conv2d``'s (so that surgery can keep a reflect-padded conv reflect-padded)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, dilation=1,
-                 groups: int = 1, bias: bool = False):
-        super().__init__(*conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias))
+                 groups: int = 1, bias: bool = False, padding_mode: str = "zeros"):
+        super().__init__(*conv_args(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias),
+                         padding_mode=padding_mode)

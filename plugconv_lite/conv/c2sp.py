@@ -7,12 +7,15 @@ sides, so the four half-pixel shifts cancel across the channels.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register
 from ._init import check_weight_init, init_bias, init_weight
+from ._pool import avg_pool_ceil
 from .base import ConvBase, same_padding
 
 # (top, bottom, left, right) padding of the four channel groups, for a 2x2 kernel (one pixel on two sides)
@@ -76,8 +79,12 @@ class C2spConv2d(ConvBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != (1, 1):
-            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+            x = avg_pool_ceil(x, self.stride)  # = F.avg_pool2d(x, s, s, ceil_mode=True); see _pool.py for why
         return F.conv2d(self.symmetric_pad(x), self.weight, self.bias, 1, 0, 1, self.groups)
+
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "C2spConv2d":
+        raise ValueError("C2spConv2d cannot take a plain conv's weights: its (k-1) x (k-1) kernels cannot hold a "
+                         "k x k kernel, and with stride > 1 it averages before it convolves")
 
     def equivalent_kernel(self) -> torch.Tensor:
         """The k x k kernel K with conv2d(x, K, padding=k // 2, groups=g) == the stride-1 C2sp conv: each input

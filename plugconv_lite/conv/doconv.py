@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_int
+from .._validate import check_choice, check_int
 from ..registry import register
 from ._init import check_weight_init, init_bias, init_weight
 from .base import ConvBase
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")  # nn.Conv2d's
 
 
 @register("doconv", "conv", paper="DO-Conv: Depthwise Over-parameterized Convolutional Layer", year=2022,
@@ -38,11 +40,15 @@ class DOConv2d(ConvBase):
     ``fold()`` returns the ``nn.Conv2d`` with weight W' (and the same bias): identical outputs, the parameters and
     FLOPs of a plain conv. ``weight_init`` picks W's initialisation ("default": nn.Conv2d's, as the official code;
     "fan_out": the Kaiming fan-out rule the book's backbones apply to their own convs; see ``conv/_init.py``).
+    ``padding_mode`` as ``nn.Conv2d``'s; ``load_conv_weights`` makes it compute a given plain conv exactly.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, dilation=1,
-                 groups: int = 1, bias: bool = False, D_mul: int | None = None, weight_init: str = "default"):
+                 groups: int = 1, bias: bool = False, D_mul: int | None = None, weight_init: str = "default",
+                 padding_mode: str = "zeros"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        check_choice("padding_mode", padding_mode, PADDING_MODES)
+        self.padding_mode = padding_mode
         M, N = self.kernel_size
         MN = M * N
         if D_mul is not None:
@@ -87,13 +93,32 @@ class DOConv2d(ConvBase):
         return torch.einsum("gjms,gojs->gojm", D, W).reshape(O, C // g, *self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":  # as nn.Conv2d: pad explicitly, then a conv without padding
+            (ph, pw) = self.padding
+            x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
+            return F.conv2d(x, self.kernel(), self.bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, self.kernel(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    @torch.no_grad()
+    def load_conv_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "DOConv2d":
+        """Compute exactly the plain conv with ``weight`` (O, C/g, M, N): D = 0, the first M*N columns of W hold the
+        kernel and the rest are zero, so W' = D_diag^T o W = weight (D_mul >= M*N always holds here)."""
+        self.check_conv_weights(weight, bias)
+        O, C, g = self.out_channels, self.in_channels, self.groups
+        self.W.zero_()
+        self.W[..., :weight[0, 0].numel()].copy_(weight.reshape(O, C // g, -1))
+        if self.D is not None:
+            self.D.zero_()
+        if bias is not None:
+            self.bias.copy_(bias)
+        return self
 
     @torch.no_grad()
     def fold(self) -> nn.Conv2d:
         """The equivalent plain ``nn.Conv2d`` (weight W', same bias), for inference."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias=self.use_bias, device=self.W.device, dtype=self.W.dtype)
+                         self.dilation, self.groups, bias=self.use_bias, padding_mode=self.padding_mode,
+                         device=self.W.device, dtype=self.W.dtype)
         conv.weight.copy_(self.kernel())
         if self.bias is not None:
             conv.bias.copy_(self.bias)
@@ -101,4 +126,6 @@ class DOConv2d(ConvBase):
 
     def hparams_repr(self) -> str:
         s = f"D_mul={self.D_mul}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         return s if self.weight_init == "default" else f"{s}, weight_init={self.weight_init!r}"

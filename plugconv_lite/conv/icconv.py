@@ -205,6 +205,25 @@ class ICConv2d(ConvBase):
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)
         return y if self.inv_perm is None else y.index_select(1, self.inv_perm)
 
+    @torch.no_grad()
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "ICConv2d":
+        """Compute exactly the plain conv with ``weight`` (O, C, k, k), where that is possible: an output channel
+        dilated along an axis must be zero off the centre row (d_h > 1) or column (d_w > 1) of its kernel, the taps
+        that read the same pixels at every dilation. The plain pattern (all (1, 1)) always fits."""
+        self.check_conv_weights(weight, bias)
+        (kh, kw), nz = self.kernel_size, weight.ne(0)
+        off_rows = torch.cat([nz[:, :, :kh // 2], nz[:, :, kh // 2 + 1:]], dim=2).flatten(1).any(1).tolist()
+        off_cols = torch.cat([nz[..., :kw // 2], nz[..., kw // 2 + 1:]], dim=3).flatten(1).any(1).tolist()
+        bad = [o for o, (dh, dw) in enumerate(self.pattern) if (dh > 1 and off_rows[o]) or (dw > 1 and off_cols[o])]
+        if bad:
+            raise ValueError(f"ICConv2d cannot hold this conv's weights exactly: {len(bad)} output channels (the "
+                             f"first is {bad[0]}, dilation {self.pattern[bad[0]]}) are dilated but their kernels are "
+                             "not zero off the centre row/column; use pattern='plain' to keep the weights")
+        self.weight.copy_(weight)
+        if bias is not None:
+            self.bias.copy_(bias)
+        return self
+
     def pattern_json(self, format: str = "channels"):
         return pattern_to_json(self.pattern, format)
 

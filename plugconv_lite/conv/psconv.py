@@ -10,6 +10,7 @@ of the plain conv; the official code computes it as a dense conv with masked blo
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -157,6 +158,25 @@ class PSConv2d(ConvBase):
         self.weight_2d.copy_(W_2d)
         if self.weight_1 is not None:
             self.weight_1.copy_(W_1.index_select(0, self.pair_order))
+        return self
+
+    @torch.no_grad()
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "PSConv2d":
+        """Compute exactly the plain conv with ``weight`` (O, C, k, k), where that is possible: the blocks PSConv
+        dilates (rate d or 2d, not 1) must be zero outside their centre tap, the one tap that reads the same pixel at
+        every dilation. Always true for 1x1 kernels; a trained k x k conv's weights practically never satisfy it."""
+        self.check_conv_weights(weight, bias)
+        P, (kh, kw) = self.parts, self.kernel_size
+        rates = self.dilation_map().repeat_interleave(self.out_channels // P, 0)
+        rates = rates.repeat_interleave(self.in_channels // P, 1).to(weight.device)          # (O, C)
+        off_centre = weight.clone()
+        off_centre[..., kh // 2, kw // 2] = 0
+        if ((rates != 1) & off_centre.ne(0).flatten(2).any(-1)).any():
+            raise ValueError(f"PSConv2d (parts={P}, d={self.d}) cannot hold this conv's weights exactly: its blocks "
+                             f"with dilation {self.d} and {2 * self.d} would have to be zero outside the centre tap")
+        self.load_dense_weight(weight)
+        if bias is not None:
+            self.bias.copy_(bias)
         return self
 
     def masked(self) -> "MaskedPSConv2d":

@@ -164,6 +164,20 @@ class PyConv2d(ConvBase):
             if level.bias is not None:
                 nn.init.zeros_(level.bias)
 
+    @torch.no_grad()
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "PyConv2d":
+        """Only a one-level pyramid with the conv's own kernel size and one group is a plain conv (copied as is)."""
+        self.check_conv_weights(weight, bias)
+        level = self.levels[0]
+        if len(self.levels) != 1 or level.kernel_size != self.kernel_size or level.groups != 1:
+            raise ValueError(f"PyConv2d with kernels={self.kernels} and level_groups={self.level_groups} cannot hold "
+                             f"a plain {self.kernel_size} conv's weights; build it with "
+                             f"kernels=({self.kernel_size[0]},) (one level) to keep them")
+        level.weight.copy_(weight)
+        if bias is not None:
+            level.bias.copy_(bias)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.levels) == 1:
             return self.levels[0](x)

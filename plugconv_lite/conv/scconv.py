@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_int
+from .._validate import check_int, check_norm_layer_2d
 from ..registry import register
+from ._pool import avg_pool_ceil
 from .base import ConvBase, same_padding
 
 
@@ -37,6 +38,10 @@ class SCConv2d(ConvBase):
     odd), the layer's ``padding`` applies to K_1 and K_4, which decide the output size; ``groups`` and ``dilation``
     apply to all four. With C_in = C_out = C even, the four weights hold 4 (C/2)^2 k^2 / g = C^2 k^2 / g numbers:
     exactly the plain convolution's, plus the affine parameters of the two norms.
+
+    ``norm_layer`` must build a norm for (B, C, H, W) maps (checked at construction). Training with BN needs more
+    than one pooled value per channel: batch 1 on maps no larger than ``pooling_r`` (ResNet-18's last stage, 4 x 4,
+    at batch 1) raises a ``ValueError`` that says so, where the plain network could take the step.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, dilation=1,
@@ -61,7 +66,10 @@ class SCConv2d(ConvBase):
                 raise ValueError(f"groups={g} must divide every channel half (C_1={C_1}, C_2={C_2} of "
                                  f"in_channels={self.in_channels}; O_1={O_1}, O_2={O_2} of "
                                  f"out_channels={self.out_channels}); it does not divide {what}={c}")
-        norm = norm_layer if norm_layer is not None else (lambda c: nn.Identity())
+        if norm_layer is None:
+            norm = lambda c: nn.Identity()  # noqa: E731
+        else:
+            norm = lambda c: check_norm_layer_2d("norm_layer", norm_layer, c)  # noqa: E731
         k, d, same = self.kernel_size, self.dilation, same_padding(self.kernel_size, self.dilation)
         self.K1 = nn.Conv2d(C_2, O_2, k, self.stride, self.padding, d, g, bias=bias)
         self.K2 = nn.Sequential(nn.Conv2d(C_1, C_1, k, 1, same, d, g, bias=False), norm(C_1))
@@ -79,14 +87,28 @@ class SCConv2d(ConvBase):
             elif m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
+    def _check_batch_statistics(self, T_1: torch.Tensor, X_1: torch.Tensor) -> None:
+        """K_2's BatchNorm cannot normalise one value per channel with batch statistics (training mode). That happens
+        on small maps: batch 1 and a map no larger than pooling_r pool to 1 x 1, where the host network's own BN
+        (after the whole conv) still sees H x W values. Say so here, not as BN's error from deep inside."""
+        bn = self.K2[-1]
+        if (isinstance(bn, nn.modules.batchnorm._BatchNorm) and (bn.training or bn.running_mean is None)
+                and T_1.shape[0] * T_1.shape[2] * T_1.shape[3] == 1):
+            B, _, H, W = X_1.shape
+            raise ValueError(f"SCConv2d(pooling_r={self.pooling_r}) cannot train on a batch of {B} with {H}x{W} maps: "
+                             "AvgPool_r leaves one value per channel, too few for K_2's BatchNorm in training mode. "
+                             "Use a batch of >= 2, a pooling_r smaller than the map, or eval mode")
+
     def calibration(self, X_1: torch.Tensor) -> torch.Tensor:
         """The gate sigmoid(X_1 + Up_r(K_2(AvgPool_r(X_1)))), shape of X_1."""
         r = self.pooling_r
         if r == 1:
+            self._check_batch_statistics(X_1, X_1)
             return torch.sigmoid(X_1 + self.K2(X_1))
         H, W = X_1.shape[-2:]
         # ceil_mode: maps smaller than r, or not divisible by it, still get one pooled cell per started window
-        T_1 = F.avg_pool2d(X_1, r, r, ceil_mode=True)
+        T_1 = avg_pool_ceil(X_1, (r, r))  # = F.avg_pool2d(X_1, r, r, ceil_mode=True); see _pool.py for why
+        self._check_batch_statistics(T_1, X_1)
         X_1p = F.interpolate(self.K2(T_1), scale_factor=r, mode="nearest")[..., :H, :W]
         return torch.sigmoid(X_1 + X_1p)
 
@@ -94,6 +116,10 @@ class SCConv2d(ConvBase):
         X_1, X_2 = x.split((self.C_1, self.C_2), dim=1)
         Y_1 = self.K4(self.K3(X_1) * self.calibration(X_1))
         return torch.cat((Y_1, self.K1(X_2)), dim=1)
+
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "SCConv2d":
+        raise ValueError("SCConv2d cannot take a plain conv's weights: half of its output is gated by a sigmoid of its "
+                         "input, which no setting of its weights turns into a plain convolution")
 
     def hparams_repr(self) -> str:
         return (f"pooling_r={self.pooling_r}, split=({self.C_1} self-calibrated + {self.C_2} plain) -> "

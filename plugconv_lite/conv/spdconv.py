@@ -114,5 +114,25 @@ class SPDConv2d(ConvBase):
                 conv.bias.copy_(self.conv.bias)
         return conv
 
+    @torch.no_grad()
+    def load_conv_weights(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> "SPDConv2d":
+        """Compute exactly the strided conv with ``weight`` (O, C, k, k), stride s and padding k // 2, at every H x W.
+
+        The strided conv reads x[s u - p + a] (p = k // 2); ``as_strided_conv``'s kernel of size s k reads
+        x[s u - s p + t]. So the k x k kernel sits at t = a + (s - 1) p of an otherwise zero s k x s k kernel, which
+        maps back onto W by the inverse of ``as_strided_conv``'s rearrangement. The zero taps also cover the
+        bottom/right padding of odd sizes, so this holds for every H, W (not only multiples of s)."""
+        self.check_conv_weights(weight, bias)
+        (sh, sw), (kh, kw) = self.scale, self.kernel_size
+        O, C = self.out_channels, self.in_channels
+        big = weight.new_zeros(O, C, kh * sh, kw * sw)
+        th, tw = (sh - 1) * (kh // 2), (sw - 1) * (kw // 2)
+        big[:, :, th:th + kh, tw:tw + kw] = weight
+        w = big.view(O, C, kh, sh, kw, sw).permute(0, 5, 3, 1, 2, 4)                 # (o, j, i, c, a, b)
+        self.conv.weight.copy_(w.reshape(O, sw * sh * C, kh, kw))
+        if bias is not None:
+            self.conv.bias.copy_(bias)
+        return self
+
     def hparams_repr(self) -> str:
         return f"scale={self.scale}, conv_in_channels={self.conv.in_channels}"

@@ -45,7 +45,13 @@ def test_hidden_override():
 @pytest.mark.parametrize("kw,match", [(dict(reduction=0.5), "reduction=0.5 must be >= 1"),
                                       (dict(divisor=0), "divisor=0 must be >= 1"),
                                       (dict(hidden=0), "hidden=0 must be >= 1"),
-                                      (dict(reduction="16"), "reduction='16' must be a real number")])
+                                      (dict(reduction="16"), "reduction='16' must be a real number"),
+                                      (dict(reduction=float("nan")), "reduction=nan must be a finite number"),
+                                      (dict(reduction=float("inf")), "reduction=inf must be a finite number"),
+                                      (dict(act_layer="relu"), "act_layer='relu' must be a module class or factory"),
+                                      (dict(gate_layer=torch.nn.Sigmoid()), "gate_layer=Sigmoid.. must be a module "
+                                                                            "class or factory"),
+                                      (dict(act_layer=None), "act_layer=None must be a module class")])
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         SEModule(64, **kw)

@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import plugconv_lite as pl
 from plugconv_lite.conv import SCConv2d
 from plugconv_lite.measure import count_flops, count_params
 from contract import bn_eval, randomise_norms
@@ -148,6 +149,10 @@ def test_compile_and_export_on_a_size_r_does_not_divide(rng):
     (dict(kernel_size=(3, 2)), r"kernel_size=\(3, 2\) must be odd"),
     (dict(in_channels=6, out_channels=8, groups=2), "groups=2 must divide every channel half"),
     (dict(in_channels=8, out_channels=6, groups=2), "it does not divide O_1=3"),
+    (dict(norm_layer=nn.BatchNorm1d), r"norm_layer=BatchNorm1d must build a norm for \(B, C, H, W\) maps"),
+    (dict(norm_layer=nn.GroupNorm), "norm_layer=GroupNorm must build a norm.*missing 1 required"),
+    (dict(norm_layer="bn"), "norm_layer='bn' must be a module class or factory"),
+    (dict(norm_layer=nn.BatchNorm2d(8)), "norm_layer=BatchNorm2d.* must be a module class or factory"),
 ])
 def test_bad_hyperparameters_raise(kw, match):
     args = dict(in_channels=16, out_channels=16, kernel_size=3) | kw
@@ -158,3 +163,21 @@ def test_bad_hyperparameters_raise(kw, match):
 def test_extra_repr_names_the_split():
     s = repr(SCConv2d(7, 9, pooling_r=2))
     assert "pooling_r=2" in s and "3 self-calibrated + 4 plain" in s and "(4 + 5)" in s
+
+
+def test_other_2d_norms_are_accepted(rng):
+    m = SCConv2d(16, 16, 3, norm_layer=lambda c: nn.GroupNorm(4, c))
+    assert isinstance(m.K2[1], nn.GroupNorm) and m(torch.randn(1, 16, 5, 5, generator=rng)).shape == (1, 16, 5, 5)
+
+
+def test_batch_of_one_on_maps_no_larger_than_r_is_refused_clearly_in_training(rng):
+    """ResNet-18's last stage (4 x 4 maps) at batch 1: AvgPool_4 leaves one value per channel, which K_2's BN cannot
+    normalise in training. The plain network can take that step; SCConv says why it cannot."""
+    x = torch.randn(1, 3, 32, 32, generator=rng)
+    pl.resnet18(width=8).train()(x).sum().backward()  # the baseline can
+    model = pl.resnet18(width=8, conv="scconv").train()
+    with pytest.raises(ValueError, match=r"pooling_r=4\) cannot train on a batch of 1 with 4x4 maps"):
+        model(x)
+    assert model.eval()(x).shape == (1, 100)                       # inference at batch 1 is fine
+    model.train()(torch.randn(2, 3, 32, 32, generator=rng)).sum().backward()   # and so is training at batch 2
+    assert SCConv2d(8, 8, pooling_r=4, norm_layer=None).train()(torch.randn(1, 8, 4, 4)).shape == (1, 8, 4, 4)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_choice, check_float, check_int, make_divisible
+from .._validate import check_choice, check_float, check_int, check_norm_layer_2d, make_divisible
 from ..registry import register
 
 
@@ -63,8 +63,6 @@ class A2NModule(nn.Module):
         self.t = check_float("t", t, min_value=0, min_inclusive=False)
         check_choice("non_attention_kernel", non_attention_kernel, (1, 3))
         self.non_attention_kernel = kn = non_attention_kernel
-        if norm_layer is not None and not callable(norm_layer):
-            raise ValueError(f"norm_layer={norm_layer!r} must be None or a callable(channels) -> module")
         self.conv_first = nn.Conv2d(C, m, 1, bias=False, **factory)
         self.adm = nn.Sequential(nn.Linear(m, self.hidden, bias=False, **factory), nn.ReLU(),
                                  nn.Linear(self.hidden, 2, bias=False, **factory))
@@ -74,7 +72,7 @@ class A2NModule(nn.Module):
         self.k4 = nn.Conv2d(m, m, 3, padding=1, bias=False, **factory)
         self.non_attention = nn.Conv2d(m, m, kn, padding=kn // 2, bias=False, **factory)
         self.conv_last = nn.Conv2d(m, C, 1, bias=False, **factory)
-        self.norm = nn.Identity() if norm_layer is None else norm_layer(C)
+        self.norm = nn.Identity() if norm_layer is None else check_norm_layer_2d("norm_layer", norm_layer, C)
         if device is not None or dtype is not None:
             self.norm.to(device=device, dtype=dtype)
 

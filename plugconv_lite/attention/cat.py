@@ -15,19 +15,19 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import check_float, check_int, check_odd, make_divisible
+from .._validate import check_float, check_int, check_layer, check_odd, make_divisible
 from ..registry import register
 
 
-def global_entropy_pool(x: torch.Tensor, dim) -> torch.Tensor:
-    """Entropy (nats) of softmax(x) along ``dim``: H = -sum p log p with log p = log_softmax(x).
+def global_entropy_pool(x: torch.Tensor, dim, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy (nats) of softmax(x / temperature) along ``dim``: H = -sum p log p with log p = log_softmax.
 
     Reconstructed GEP. log_softmax never takes log(0) and a constant slice gives p uniform, H = log n exactly, so the
     result is finite for any finite input, in any dtype; it is computed in float32 or float64 (a bf16 sum over 1024 positions
     would lose the digits that separate log 1024 from its neighbours) and returned in ``x``'s dtype. H lies in
     [0, log n] for a slice of n values: log n for a flat slice, near 0 for one dominated by a single value.
     """
-    logp = torch.log_softmax(x if x.dtype in (torch.float32, torch.float64) else x.float(), dim=dim)
+    logp = torch.log_softmax((x if x.dtype in (torch.float32, torch.float64) else x.float()) / temperature, dim=dim)
     return -(logp.exp() * logp).sum(dim=dim).to(x.dtype)
 
 
@@ -37,10 +37,10 @@ class CATModule(nn.Module):
     """y = x * (lambda_c M_c + lambda_s M_s)   (a reconstruction; see the module docstring).
 
     Channel attention, one shared MLP over three pooled descriptors (B, C) of x:
-        z_avg = GAP(x), z_max = GMP(x), z_ent = GEP(x) (entropy of softmax over the H W positions of each channel)
+        z_avg = GAP(x), z_max = GMP(x), z_ent = GEP(x) (entropy of softmax(x / T) over each channel's H W positions)
         M_c = sigmoid(a_1 MLP(z_avg) + a_2 MLP(z_max) + a_3 MLP(z_ent)),  MLP = W2 relu(W1 z + b1) + b2
     Spatial attention, three channel-pooled maps (B, 1, H, W) stacked and convolved:
-        M_s = sigmoid(conv_kxk([mean_c x, max_c x, entropy over channels of softmax_c x]))
+        M_s = sigmoid(conv_kxk([mean_c x, max_c x, entropy over channels of softmax_c(x / T)]))
     Collaboration: lambda = softmax(theta) (two colla-factors, sum 1); a = softmax(phi) (pooling weights, sum 1);
     theta and phi are learned scalars per module, initialised to 0 (equal weights).
 
@@ -50,14 +50,16 @@ class CATModule(nn.Module):
     the spatial one); a shared CBAM-style MLP with reduction 16; the softmax normalisation of both sets of weights;
     the parallel combination x * (lambda_c M_c + lambda_s M_s); a 7x7 conv with bias and no BN for the spatial
     map. The spatial branch fuses its three maps through the conv's own weights (a separate scalar per map would be
-    redundant with them).
+    redundant with them). The entropy of a softmax depends on the scale of its input: ``temperature`` T (default 1)
+    divides the features before it.
 
     Width rule: C_r = min(C, make_divisible(C / reduction, divisor)), as SE: 8 units for 16 to 128 channels at
     reduction 16, never 0 or 1.
     """
 
     def __init__(self, channels: int, reduction: float = 16, divisor: int = 8, hidden: Optional[int] = None,
-                 kernel_size: int = 7, act_layer=nn.ReLU, gate_layer=nn.Sigmoid, device=None, dtype=None):
+                 kernel_size: int = 7, temperature: float = 1.0, act_layer=nn.ReLU, gate_layer=nn.Sigmoid,
+                 device=None, dtype=None):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
         self.channels = C = check_int("channels", channels, min_value=1)
@@ -67,9 +69,9 @@ class CATModule(nn.Module):
             hidden = min(C, make_divisible(C / self.reduction, self.divisor))
         self.hidden = check_int("hidden", hidden, min_value=1)
         self.kernel_size = k = check_odd("kernel_size", kernel_size)
-        for name, layer in (("act_layer", act_layer), ("gate_layer", gate_layer)):
-            if not callable(layer):
-                raise ValueError(f"{name}={layer!r} must be a callable returning a module")
+        self.temperature = check_float("temperature", temperature, min_value=0, min_inclusive=False)
+        check_layer("act_layer", act_layer, "nn.ReLU")
+        check_layer("gate_layer", gate_layer, "nn.Sigmoid")
         self.fc1 = nn.Linear(C, self.hidden, **factory)   # W1, b1 (shared by the three descriptors)
         self.act = act_layer()
         self.fc2 = nn.Linear(self.hidden, C, **factory)   # W2, b2
@@ -84,15 +86,14 @@ class CATModule(nn.Module):
         nn.init.zeros_(self.phi)
         nn.init.zeros_(self.theta)
 
-    @staticmethod
-    def channel_descriptors(x: torch.Tensor) -> torch.Tensor:
+    def channel_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """(3, B, C): z_avg, z_max, z_ent."""
-        return torch.stack((x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), global_entropy_pool(x.flatten(2), dim=-1)))
+        z_ent = global_entropy_pool(x.flatten(2), -1, self.temperature)
+        return torch.stack((x.mean(dim=(2, 3)), x.amax(dim=(2, 3)), z_ent))
 
-    @staticmethod
-    def spatial_descriptors(x: torch.Tensor) -> torch.Tensor:
+    def spatial_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W): mean, max and entropy over the channels at each position."""
-        return torch.stack((x.mean(dim=1), x.amax(dim=1), global_entropy_pool(x, dim=1)), dim=1)
+        return torch.stack((x.mean(dim=1), x.amax(dim=1), global_entropy_pool(x, 1, self.temperature)), dim=1)
 
     def channel_attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c, shape (B, C, 1, 1)."""
@@ -114,4 +115,4 @@ class CATModule(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, reduction={self.reduction}, hidden={self.hidden}, "
-                f"kernel_size={self.kernel_size}  (reconstruction: no official code)")
+                f"kernel_size={self.kernel_size}, temperature={self.temperature}  (reconstruction: no official code)")

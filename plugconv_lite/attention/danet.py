@@ -119,7 +119,7 @@ class ChannelAttention(nn.Module):
     * ``"dissimilar"`` (default, the official code): S = softmax(max_j E_ij - E_ij). Softmax is unchanged by
       adding a constant to a row, so this is softmax(-E): channel i draws most from the channels LEAST similar to
       it. Every released DANet result was produced this way, which is why it is the default here.
-    * ``"similar"`` (the paper's equation 3): S = softmax(E), channel i draws most from the channels most similar
+    * ``"similar"`` (the paper's equation): S = softmax(E), channel i draws most from the channels most similar
       to it (usually itself: E_ii = |x_i|^2 tends to dominate its row).
 
     CAM is attention with channels as tokens and their N values as features, q = k = v = X and scale -1 or +1, so

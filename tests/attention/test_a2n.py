@@ -104,7 +104,8 @@ def test_a2n_m_uses_a_1x1_plain_branch():
                                       (dict(mid_channels=0), "mid_channels=0 must be >= 1"),
                                       (dict(hidden=0), "hidden=0 must be >= 1"),
                                       (dict(reduction=0.5), "reduction=0.5 must be >= 1"),
-                                      (dict(norm_layer="bn"), "norm_layer='bn' must be None or a callable")])
+                                      (dict(norm_layer="bn"), "norm_layer=.bn. must be a module class"),
+                                      (dict(norm_layer=torch.nn.BatchNorm1d), "norm_layer=BatchNorm1d must build")])
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         A2NModule(32, **kw)

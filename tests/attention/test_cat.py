@@ -11,7 +11,7 @@ from plugconv_lite.measure import count_params
 def _reconstruction(m: CATModule, x: torch.Tensor) -> torch.Tensor:
     """The reconstructed CAT equations (CATModule's docstring), written out with plain softmax / log."""
     def entropy(t, dim):
-        p = torch.softmax(t, dim=dim)
+        p = torch.softmax(t / m.temperature, dim=dim)
         return -(p * torch.log(p)).sum(dim=dim)
 
     def mlp(z):
@@ -33,9 +33,9 @@ def _trained_like(m: CATModule, g: torch.Generator) -> CATModule:
     return m
 
 
-@pytest.mark.parametrize("C,hw,k", [(32, (8, 8), 7), (16, (5, 7), 3), (24, (1, 1), 7)])
-def test_forward_equals_the_reconstructed_equations(rng, C, hw, k):
-    m = _trained_like(CATModule(C, kernel_size=k).double(), rng)
+@pytest.mark.parametrize("C,hw,k,T", [(32, (8, 8), 7, 1.0), (16, (5, 7), 3, 0.5), (24, (1, 1), 7, 2.0)])
+def test_forward_equals_the_reconstructed_equations(rng, C, hw, k, T):
+    m = _trained_like(CATModule(C, kernel_size=k, temperature=T).double(), rng)
     x = torch.randn(2, C, *hw, generator=rng, dtype=torch.float64)
     torch.testing.assert_close(m(x), _reconstruction(m, x), atol=1e-10, rtol=1e-10)
 
@@ -129,8 +129,9 @@ def test_width_rule_never_gives_an_empty_or_one_unit_bottleneck(C):
 @pytest.mark.parametrize("kw,match", [(dict(reduction=0.5), "reduction=0.5 must be >= 1"),
                                       (dict(hidden=0), "hidden=0 must be >= 1"),
                                       (dict(kernel_size=4), "kernel_size=4 must be odd"),
+                                      (dict(temperature=0.0), "temperature=0.0 must be > 0"),
                                       (dict(divisor=0), "divisor=0 must be >= 1"),
-                                      (dict(act_layer="relu"), "act_layer='relu' must be a callable")])
+                                      (dict(act_layer="relu"), "act_layer='relu' must be a module class")])
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         CATModule(32, **kw)

@@ -1,5 +1,6 @@
 """Command line: ``python -m plugconv_lite run <chapter>... [--profile full]``, ``list``, ``table``,
-``assignment <chapter> --out DIR``.
+``assignment <chapter> --out DIR``; GPU campaigns: ``bench``, ``campaign``, ``campaign-run``, ``import-results``
+(see plugconv_lite/campaign.py).
 
 Errors the library reports (a bad profile, device, chapter or variant, data that cannot be had) end the command
 with one line on stderr and a non-zero exit status (2: bad input, 1: data); ``PLUGCONV_DEBUG=1`` shows the
@@ -57,7 +58,12 @@ def _main(argv=None) -> int:
                      help="skip executing the solution notebook against the autograder (faster)")
     asg.add_argument("--library", help="pip requirement installing plugconv-lite in the grading image "
                                        "(default: this checkout's commit on GitHub)")
+    from . import bench, campaign
+    campaign.add_subcommands(sub)
+    bench.add_subcommands(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
 
     if args.command == "assignment":
         from .assignment import make_assignment

@@ -9,6 +9,7 @@ one resumes from its checkpoint, so the full-profile command can simply be re-ru
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -26,12 +27,14 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from . import provenance
 from . import results as store_mod
 from .data import DataIntegrityError, Dataset, cache_dir, cifar100_available, load_cifar100, synthetic_cifar100
 from .measure import count_flops, count_params, latency
 from .models import build as build_backbone
 from .profiles import Profile, banner, profile as get_profile
-from .train import resolve_device, train
+from .surgery import fold
+from .train import amp_dtype, resolve_device, train
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,25 @@ def merge_kw(base: dict, extra: dict) -> dict:
 PREPARE_SEED = 0  # a preparation (e.g. a search) runs once per profile and is shared by every seed of the variant
 
 
+def prepare_config(variant: Variant, profile: Profile, num_classes: int, train_images: int, test_images: int) -> dict:
+    """What a preparation step's output depends on (hashed into its artefact's name)."""
+    return {"prepare": variant.prepare, "prepare_kw": variant.prepare_kw,
+            "backbone": variant.backbone or profile.backbone, "model_kw": variant.model_kw,
+            "recipe": profile.recipe(), "seed": PREPARE_SEED, "num_classes": num_classes,
+            "train_images": train_images, "test_images": test_images}
+
+
+def run_config(variant: Variant, profile: Profile, model_kw: dict, num_classes: int, train_images: int,
+               test_images: int, artefact: Optional[dict] = None) -> dict:
+    """What a run computes (hashed into its record's name): the variant's prepared kwargs, the recipe, the data."""
+    config = {"backbone": variant.backbone or profile.backbone, "variant": variant.name, "model_kw": model_kw,
+              "recipe": profile.recipe(), "num_classes": num_classes, "train_images": train_images,
+              "test_images": test_images}
+    if artefact is not None:
+        config["prepare"] = {"name": variant.prepare, "config_hash": artefact["config_hash"]}
+    return config
+
+
 def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, store: Optional[Path] = None,
             device=None, force: bool = False, progress: bool = True) -> tuple[dict, Optional[dict]]:
     """Run (or load) ``variant``'s preparation step; returns (the model kwargs to train with, the artefact or None).
@@ -238,12 +260,10 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
     prof = get_profile(profile)
     data = (data if data is not None else get_data(prof)).subset(prof.train_images, prof.test_images, seed=0)
     backbone = variant.backbone or prof.backbone
-    config = {"prepare": variant.prepare, "prepare_kw": variant.prepare_kw, "backbone": backbone,
-              "model_kw": variant.model_kw, "recipe": prof.recipe(), "seed": PREPARE_SEED,
-              "num_classes": data.num_classes, "train_images": len(data.train_y), "test_images": len(data.test_y)}
+    config = prepare_config(variant, prof, data.num_classes, len(data.train_y), len(data.test_y))
     chash = store_mod.config_hash(config)
     store = Path(store) if store is not None else store_mod.default_store(prof.name)
-    path = store / data.source / prof.name / "prepare" / f"{backbone}__{variant.prepare}__{chash}.json"
+    path = store_mod.prepare_path(store, data.source, prof.name, backbone, variant.prepare, chash)
     code = code_sha()
     artefact = None
     if path.exists() and not force:
@@ -267,6 +287,7 @@ def prepare(variant: Variant, profile=None, *, data: Optional[Dataset] = None, s
             "schema": 1, "kind": "prepare", "prepare": variant.prepare, "profile": prof.name, "backbone": backbone,
             "config_hash": chash, "config": config, "output": output, "wall_time_s": time.perf_counter() - t0,
             "hardware": hardware(dev), "versions": _versions(), "git": _git(), "code_sha": code,
+            "code": provenance.fingerprint(variant.build(prof, data.num_classes), extra=[PREPARES[variant.prepare]]),
             "command": " ".join(sys.argv), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "data": {"source": data.source, "md5": data.md5, "train_images": len(data.train_y),
                      "test_images": len(data.test_y)},
@@ -290,29 +311,43 @@ def prepared_artefacts(prepare_name: str, profile: Optional[str] = None, store: 
     return sorted(found, key=lambda a: a.get("date", ""))
 
 
+def deployed_latency(model: nn.Module, device: torch.device) -> dict:
+    """Inference latency of ``model`` as it would be deployed, at batch 1 and 256: eval mode, re-parameterizable
+    modules folded (``surgery.fold``, on a copy), channels_last, and on a GPU under bf16 autocast (fp16 where bf16
+    is unsupported; fp32 on a CPU). Median and IQR in ms, with how it was measured."""
+    deployed = fold(copy.deepcopy(model)).to(device).eval()
+    dtype = amp_dtype(device, True)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        lat1 = latency(deployed, (1, 3, 32, 32), device, warmup=10, repeats=30, channels_last=True)
+        lat256 = latency(deployed, (256, 3, 32, 32), device, warmup=3, repeats=10, channels_last=True)
+    return {"latency_ms": lat1[0], "latency_iqr_ms": lat1[1], "latency_b256_ms": lat256[0],
+            "latency_b256_iqr_ms": lat256[1], "latency_dtype": str(dtype or torch.float32).replace("torch.", ""),
+            "latency_channels_last": True, "latency_folded": True, "latency_device": hardware(device)["device"]}
+
+
 def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Optional[str] = None,
                data: Optional[Dataset] = None, store: Optional[Path] = None, device=None, force: bool = False,
-               progress: bool = True, prepared: Optional[tuple] = None) -> dict:
+               progress: bool = True, prepared: Optional[tuple] = None, checkpoint: bool = True,
+               measure_latency: bool = True) -> dict:
     """Train ``variant`` with ``profile`` and ``seed``, measure its cost, write and return its results record.
 
     A variant with a preparation step is prepared first (``prepare``; pass its result as ``prepared`` to share
-    one preparation between seeds); the prepared kwargs are what the record's config holds and hashes."""
+    one preparation between seeds); the prepared kwargs are what the record's config holds and hashes.
+    ``checkpoint=False`` trains without epoch checkpoints (a campaign's short runs on a machine that is given back
+    anyway); ``measure_latency=False`` leaves the latency fields None (runs sharing a GPU with other runs cannot
+    time it; a campaign measures it alone, ``campaign.measure_latencies``)."""
     prof = get_profile(profile)
     data = (data if data is not None else get_data(prof)).subset(prof.train_images, prof.test_images, seed=0)
     model_kw, artefact = prepared if prepared is not None else prepare(
         variant, prof, data=data, store=store, device=device, force=force, progress=progress)
     backbone = variant.backbone or prof.backbone
-    config = {"backbone": backbone, "variant": variant.name, "model_kw": model_kw, "recipe": prof.recipe(),
-              "num_classes": data.num_classes, "train_images": len(data.train_y), "test_images": len(data.test_y)}
-    if artefact is not None:
-        config["prepare"] = {"name": variant.prepare, "config_hash": artefact["config_hash"]}
+    config = run_config(variant, prof, model_kw, data.num_classes, len(data.train_y), len(data.test_y), artefact)
     chash = store_mod.config_hash(config)
     store = Path(store) if store is not None else store_mod.default_store(prof.name)
     path = store_mod.record_path(store, data.source, prof.name, backbone, variant.name, chash, seed)
-    code = code_sha()
     if path.exists() and not force:
         rec = store_mod.read(path)
-        if prof.name in store_mod.COMMITTED_PROFILES or rec.get("code_sha") == code:
+        if prof.name in store_mod.COMMITTED_PROFILES or rec.get("code_sha") == code_sha():
             if chapter and chapter not in rec.get("chapters", []):
                 rec["chapters"] = sorted({*rec.get("chapters", []), chapter})
                 store_mod.write(rec, path)
@@ -322,31 +357,39 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
     device = resolve_device(device)
     torch.manual_seed(seed)
     model = variant.build(prof, data.num_classes, model_kw=model_kw)
-    checkpoint = cache_dir() / "checkpoints" / data.source / prof.name / f"{path.stem}.pt"
+    code = provenance.fingerprint(model, extra=[PREPARES[variant.prepare]] if variant.prepare else [])
+    ckpt = cache_dir() / "checkpoints" / data.source / prof.name / f"{path.stem}.pt" if checkpoint else None
     if progress:
         print(f"{variant.name} seed {seed}: training {backbone} ({count_params(model) / 1e6:.2f}M params) "
               f"on {data.describe()}")
+    first: dict = {}
+
+    def first_step(step: int) -> None:  # one sync, after the first step: torch.compile and cuDNN autotuning are here
+        if not first:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first["s"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    history = train(model, data, prof, seed=seed, device=device, checkpoint=checkpoint, progress=progress)
+    history = train(model, data, prof, seed=seed, device=device, checkpoint=ckpt, progress=progress,
+                    on_step=first_step)
     wall = time.perf_counter() - t0
     model.eval()
-    lat1 = latency(model, (1, 3, 32, 32), device, warmup=10, repeats=30)
-    lat256 = latency(model, (256, 3, 32, 32), device, warmup=3, repeats=10)
+    cost = {"params": count_params(model), "flops": count_flops(model, (1, 3, 32, 32), device)}
+    cost.update(deployed_latency(model, device) if measure_latency else dict.fromkeys(
+        ("latency_ms", "latency_iqr_ms", "latency_b256_ms", "latency_b256_iqr_ms")))
     final = history[-1]
     record = {
         "schema": 1, "chapters": [chapter] if chapter else [], "profile": prof.name, "backbone": backbone,
         "variant": variant.name, "note": variant.note, "seed": seed, "config_hash": chash, "config": config,
         "final": {k: final[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_acc")},
-        "history": history,
-        "cost": {"params": count_params(model), "flops": count_flops(model, (1, 3, 32, 32), device),
-                 "latency_ms": lat1[0], "latency_iqr_ms": lat1[1], "latency_b256_ms": lat256[0],
-                 "latency_b256_iqr_ms": lat256[1]},
-        "throughput": {"train_images_per_s": sum(h["train_images"] for h in history)
-                       / sum(h["train_time_s"] for h in history)},
+        "history": history, "cost": cost,
+        "throughput": throughput(history, first.get("s"), prof.batch_size, compiled=prof.compile and
+                                 device.type == "cuda"),
         "wall_time_s": wall, "train_time_s": sum(h["train_time_s"] for h in history),
         "hardware": hardware(device),
         "versions": _versions(),
-        "git": _git(), "code_sha": code, "command": " ".join(sys.argv),
+        "git": _git(), "code_sha": code_sha(), "code": code, "command": " ".join(sys.argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"source": data.source, "md5": data.md5, "train_images": len(data.train_y),
                  "test_images": len(data.test_y)},
@@ -355,8 +398,25 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
         record["prepare"] = {"name": variant.prepare, "config_hash": artefact["config_hash"],
                              "artefact": Path(artefact["_path"]).name}
     store_mod.write(record, path)
-    checkpoint.unlink(missing_ok=True)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     return record
+
+
+def throughput(history: list[dict], first_step_s: Optional[float], batch_size: int, compiled: bool) -> dict:
+    """Training throughput of a run from its history: ``train_images_per_s`` in the steady state (the first step,
+    which holds torch.compile and cuDNN's autotuning, left out), the overall rate, and ``compile_s`` (the first
+    step's time less one steady step's; None when the model was not compiled)."""
+    images = sum(h["train_images"] for h in history)
+    train_s = sum(h["train_time_s"] for h in history)
+    out = {"train_images_per_s_overall": images / train_s, "train_images_per_s": images / train_s,
+           "first_step_s": first_step_s, "compiled": bool(compiled), "compile_s": None, "batch_size": batch_size}
+    if first_step_s is not None and images > batch_size and train_s > first_step_s:
+        steady = (images - batch_size) / (train_s - first_step_s)
+        out["train_images_per_s"] = steady
+        if compiled:
+            out["compile_s"] = max(0.0, first_step_s - batch_size / steady)
+    return out
 
 
 def _version() -> str:
@@ -378,6 +438,8 @@ def run_chapter(chapter: str, profile=None, seeds: Optional[Sequence[int]] = Non
     if chapter not in EXPERIMENTS:
         raise ValueError(f"chapter={chapter!r} must be one of {sorted(EXPERIMENTS)}")
     prof = get_profile(profile)
+    from .colab import announce
+    announce(chapter, prof)  # on Colab: the runtime, the profile and what this run costs; elsewhere nothing
     seeds = prof.seeds if seeds is None else tuple(seeds)
     chosen = [v for v in EXPERIMENTS[chapter] if variants is None or v.name in variants]
     data = get_data(prof) if data is None else data
@@ -459,7 +521,7 @@ def colab_line(chapter: str) -> None:
     from IPython.display import Markdown, display
 
     from .colab import expected_time
-    display(Markdown(f"*Running this chapter's experiment on Colab:* {expected_time(chapter, 'colab')}"))
+    display(Markdown(f"*On Colab (GPU runtime):* {expected_time(chapter, 'colab')}"))
 
 
 def chapter_verdict(chapter: str) -> None:

@@ -79,6 +79,29 @@ def read(path: Path) -> dict:
         return json.load(f)
 
 
+def prepare_path(store: Path, dataset: str, profile: str, backbone: str, step: str, chash: str) -> Path:
+    """Where a preparation step's artefact lives (e.g. IC-Conv's EDO search)."""
+    return Path(store) / dataset / profile / "prepare" / f"{backbone}__{step}__{chash}.json"
+
+
+def latency_path(store: Path, dataset: str, profile: str, backbone: str, variant: str, chash: str,
+                 device: str) -> Path:
+    """Where a latency record lives: one per (run configuration, GPU model)."""
+    slug = "".join(c if c.isalnum() else "-" for c in device).strip("-").lower() or "device"
+    return Path(store) / dataset / profile / "latency" / f"{backbone}__{variant}__{chash}__{slug}.json"
+
+
+def load_latency(store: Optional[Path] = None, profile: Optional[str] = None, dataset: str = "cifar100") -> list[dict]:
+    """Latency records (measured with the GPU to themselves, ``campaign``) under ``store`` (default: committed)."""
+    store = Path(store) if store is not None else results_dir()
+    out = []
+    for p in sorted((store / dataset).glob(f"{profile or '*'}/latency/*.json")):
+        r = read(p)
+        r["_path"] = str(p)
+        out.append(r)
+    return out
+
+
 def load(store: Optional[Path] = None, profile: Optional[str] = None, chapter: Optional[str] = None,
          dataset: str = "cifar100") -> list[dict]:
     """All records under ``store`` (default: the committed store), optionally of one profile / chapter."""
@@ -232,7 +255,8 @@ def provenance(records: Iterable[dict]) -> str:
     if not records:
         return "no records"
     devices = sorted({r["hardware"].get("device", "?") for r in records})
-    commits = sorted({(r.get("git") or {}).get("commit", "?")[:8] for r in records})
+    commits = sorted({((r.get("git") or {}).get("commit") or (r.get("campaign") or {}).get("source_commit")
+                        or "?")[:8] for r in records})
     dates = sorted(r.get("date", "?")[:10] for r in records)
     return (f"{len(records)} runs on {', '.join(devices)}; commits {', '.join(commits)}; "
             f"dates {dates[0]} to {dates[-1]}; torch {', '.join(sorted({r['versions']['torch'] for r in records}))}")
@@ -259,3 +283,190 @@ def verdict(table, variant: str, baseline: str = "baseline") -> str:
         return text + f": {variant} is worse; the interval excludes zero."
     return (text + f": not resolved. These seeds can only tell differences larger than about "
             f"{v['resolvable']:.2f} points from zero.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packs: records made elsewhere (a campaign on a lent GPU, a cluster's jobs), verified and merged into the store
+#
+# A pack is one gzip-compressed JSON file: {"format", "version", "provenance", "records": [run records],
+# "artefacts": [preparation artefacts], "latency": [latency records], "failures": [...]}. ``import_packs`` merges
+# the entries that pass ``verify`` and says, one line each, why it refused the others.
+
+PACK_FORMAT, PACK_VERSION = "plugconv-results-pack", 1
+PACK_KINDS = ("artefacts", "records", "latency")  # import order: a prepared run needs its artefact first
+
+
+def new_pack(provenance: Optional[dict] = None) -> dict:
+    return {"format": PACK_FORMAT, "version": PACK_VERSION, "provenance": dict(provenance or {}),
+            **{k: [] for k in PACK_KINDS}, "failures": []}
+
+
+def write_pack(pack: dict, path: Path) -> Path:
+    """Write ``pack`` as gzip JSON atomically (temporary file, fsync, rename): a reader sees the old or the new
+    pack, never half of one."""
+    import gzip
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    blob = json.dumps(pack, sort_keys=True, separators=(",", ":"), default=str).encode()
+    with open(tmp, "wb") as f:
+        with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
+            gz.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_pack(path: Path) -> dict:
+    """A pack written by ``write_pack``; ``ValueError`` if the file is not one (or of another format version)."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rt") as f:
+            pack = json.load(f)
+    except (OSError, EOFError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a readable results pack (gzip JSON): {err}") from err
+    if not isinstance(pack, dict) or pack.get("format") != PACK_FORMAT:
+        raise ValueError(f"{path} is not a results pack (format={pack.get('format') if isinstance(pack, dict) else None!r},"
+                         f" expected {PACK_FORMAT!r})")
+    if pack.get("version") != PACK_VERSION:
+        raise ValueError(f"{path}: pack version {pack.get('version')} is not {PACK_VERSION}, which this code reads")
+    for k in PACK_KINDS:
+        pack.setdefault(k, [])
+    pack.setdefault("failures", [])
+    return pack
+
+
+def entry_path(kind: str, entry: dict, store: Path) -> Path:
+    """Where an entry of a pack goes in ``store``."""
+    dataset = (entry.get("data") or {}).get("source", "cifar100")
+    if kind == "records":
+        return record_path(store, dataset, entry["profile"], entry["backbone"], entry["variant"],
+                           entry["config_hash"], entry["seed"])
+    if kind == "artefacts":
+        return prepare_path(store, dataset, entry["profile"], entry["backbone"], entry["prepare"],
+                            entry["config_hash"])
+    if kind == "latency":
+        return latency_path(store, dataset, entry["profile"], entry["backbone"], entry["variant"],
+                            entry["config_hash"], entry["hardware"]["device"])
+    raise ValueError(f"kind={kind!r} must be one of {PACK_KINDS}")
+
+
+def entry_name(kind: str, entry: dict) -> str:
+    try:
+        return entry_path(kind, entry, Path(".")).stem
+    except (KeyError, TypeError):
+        return f"{kind[:-1]} {entry.get('variant') or entry.get('prepare') or '?'}"
+
+
+def _git_problem(commit: Optional[str], root: Optional[Path]) -> Optional[str]:
+    """Why ``commit`` does not fit this repository's history (None if it does, or if git cannot tell)."""
+    import subprocess
+
+    if not commit or root is None or not (Path(root) / ".git").exists():
+        return None
+    try:
+        known = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"],
+                               capture_output=True, timeout=30).returncode == 0
+        if not known:
+            return f"its commit {commit[:10]} is not in this repository"
+        rc = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", commit, "HEAD"],
+                            capture_output=True, timeout=30).returncode
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"its commit {commit[:10]} is not an ancestor of HEAD" if rc == 1 else None
+
+
+def verify(kind: str, entry: dict, root: Optional[Path] = None) -> list[str]:
+    """Why ``entry`` (of pack section ``kind``) may not go into the committed store; empty if it may.
+
+    Refused: another profile than colab/full (smoke), data other than CIFAR-100 (synthetic) or with other md5s, a
+    ``config_hash`` that does not match the config (an edited record), a recipe other than the current profile's,
+    code that changed since the run (``provenance.check``: the files that define the run), a commit that is not an
+    ancestor of HEAD (when the record names one and git can tell), latency timed on a CPU."""
+    from . import provenance
+    from .data import FILES
+    from .profiles import PROFILES
+
+    need = {"records": ("profile", "backbone", "variant", "seed", "config_hash", "config", "final", "data"),
+            "artefacts": ("profile", "backbone", "prepare", "config_hash", "config", "output", "data"),
+            "latency": ("profile", "backbone", "variant", "config_hash", "config", "cost", "hardware")}[kind]
+    missing = [k for k in need if k not in entry]
+    if missing:
+        return [f"malformed: no {', '.join(missing)}"]
+    problems = []
+    prof = entry["profile"]
+    if prof not in COMMITTED_PROFILES:
+        problems.append(f"a {prof}-profile run: only {'/'.join(COMMITTED_PROFILES)} runs are committed")
+    if kind != "latency":
+        data = entry["data"]
+        if data.get("source") != "cifar100":
+            problems.append(f"trained on {data.get('source')} data, not CIFAR-100")
+        elif data.get("md5") != {n: m for n, (m, _) in FILES.items()}:
+            problems.append("its data md5s are not CIFAR-100's")
+    elif (entry.get("hardware") or {}).get("device_type") != "cuda":
+        problems.append("latency timed on a CPU, not a GPU")
+    if config_hash(entry["config"]) != entry["config_hash"]:
+        problems.append("config_hash does not match its config (edited?)")
+    if prof in PROFILES and entry["config"].get("recipe") != PROFILES[prof].recipe():
+        problems.append(f"its recipe is not the current {prof} profile's")
+    changed = provenance.check(entry.get("code"), root)
+    if changed:
+        problems.append("code changed since the run: " + "; ".join(changed))
+    commit = (entry.get("git") or {}).get("commit") or (entry.get("campaign") or {}).get("source_commit")
+    git = _git_problem(commit, root if root is not None else repo_root())
+    if git:
+        problems.append(git)
+    return problems
+
+
+def _origin(entry: dict) -> tuple:
+    """What identifies one measurement (the same run imported twice has the same origin)."""
+    result = entry.get("final") or entry.get("output") or entry.get("cost")
+    return entry.get("date"), json.dumps(result, sort_keys=True, default=str)
+
+
+def import_packs(paths: Sequence[Path], store: Optional[Path] = None, dry_run: bool = False,
+                 root: Optional[Path] = None) -> dict:
+    """Verify the entries of the packs at ``paths`` (files, or folders of ``*.json.gz``) and write those that pass
+    into ``store`` (default: the committed store). Returns ``{"imported": [names], "identical": [names already in
+    the store], "refused": [(name, reason)]}``; nothing is written with ``dry_run``."""
+    store = Path(store) if store is not None else results_dir()
+    files = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.json.gz")) if p.is_dir() else [p]
+    report = {"imported": [], "identical": [], "refused": []}
+    packs = [(f, read_pack(f)) for f in files]
+    seen: dict[Path, tuple] = {}
+    for kind in PACK_KINDS:
+        for f, pack in packs:
+            for entry in pack[kind]:
+                entry = {k: v for k, v in entry.items() if k != "_path"}
+                name = entry_name(kind, entry)
+                problems = verify(kind, entry, root)
+                if problems:
+                    report["refused"].append((name, "; ".join(problems)))
+                    continue
+                path = entry_path(kind, entry, store)
+                if kind == "records" and "prepare" in entry["config"]:
+                    art = prepare_path(store, "cifar100", entry["profile"], entry["backbone"],
+                                       entry["config"]["prepare"]["name"], entry["config"]["prepare"]["config_hash"])
+                    if not art.exists() and art not in seen:
+                        report["refused"].append((name, f"its preparation artefact {art.name} is neither in the "
+                                                         "store nor in the packs"))
+                        continue
+                previous = seen.get(path) or (_origin(read(path)) if path.exists() else None)
+                if previous is not None:
+                    if previous == _origin(entry):
+                        report["identical"].append(name)
+                    else:
+                        report["refused"].append((name, f"duplicate: a different {kind[:-1]} of this run is already "
+                                                         f"{'in the packs' if path in seen else 'at ' + str(path)}"))
+                    continue
+                seen[path] = _origin(entry)
+                if not dry_run:
+                    write(entry, path)
+                report["imported"].append(name)
+    return report

@@ -95,10 +95,12 @@ def heatmap(values: np.ndarray, ax=None, title: str = "", xlabel: str = "", ylab
     return fig
 
 
-def erf_map(erf: np.ndarray, ax=None, title: str = "effective receptive field", radius: Optional[float] = None):
+def erf_map(erf: np.ndarray, ax=None, title: str = "effective receptive field", radius: Optional[float] = None,
+            colorbar: bool = True):
     """An effective-receptive-field map (pixels of the input); optionally with a circle of ``radius``."""
     fig, ax = _ax(ax)
-    heatmap(erf, ax=ax, title=title, xlabel="input column", ylabel="input row", cmap="magma", vmin=0, vmax=1)
+    heatmap(erf, ax=ax, title=title, xlabel="input column", ylabel="input row", cmap="magma", vmin=0, vmax=1,
+            colorbar=colorbar)
     if radius is not None:
         h, w = erf.shape
         ax.add_patch(plt.Circle(((w - 1) / 2, (h - 1) / 2), radius, fill=False, color="c", lw=1.5, ls="--"))
@@ -158,10 +160,16 @@ def conv_geometry(kernel_size: int, dilation: int, groups: int, channels: int = 
     from .measure import count_flops, count_params
     from .receptive import receptive_field
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), layout="constrained",
-                             gridspec_kw={"width_ratios": [1, 1, 0.9]})
-    sampling_pattern(kernel_size, dilation, ax=axes[0], extent=19)
-    group_connectivity(channels, channels, groups, ax=axes[1])
+    fig = plt.figure(figsize=(6.8, 4.2), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 0.75])
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])]
+    span = dilation * (kernel_size - 1) + 1
+    sampling_pattern(kernel_size, dilation, ax=axes[0], extent=19, title=f"k = {kernel_size}, d = {dilation}: "
+                     f"span {span} px")
+    group_connectivity(channels, channels, groups, ax=axes[1],
+                       title=f"g = {groups}: each output reads {channels // groups} of {channels}")
+    for ax in axes[:2]:
+        ax.title.set_fontsize(10)
     conv = nn.Conv2d(channels, channels, kernel_size, padding=dilation * (kernel_size - 1) // 2, dilation=dilation,
                      groups=groups, bias=False)
     p, f = count_params(conv), count_flops(conv, (1, channels, size, size))
@@ -169,16 +177,11 @@ def conv_geometry(kernel_size: int, dilation: int, groups: int, channels: int = 
     rf1 = receptive_field([(kernel_size, 1, dilation)])[-1][0]
     rf2 = receptive_field([(kernel_size, 1, dilation)] * 2)[-1][0]
     axes[2].axis("off")
-    axes[2].text(0, 0.95, "\n".join([
-        f"C_in = C_out = {channels}, input {size}x{size}",
-        f"parameters: {p:,}",
-        f"  = C_out * (C_in / g) * k^2",
-        f"  = {p / dense:.2f} x a dense 3x3",
-        f"FLOPs: {f / 1e6:.1f} M (2 x MACs)",
-        f"receptive field: {rf1} (1 layer), {rf2} (2 layers)",
-        f"span of the kernel: {dilation * (kernel_size - 1) + 1} px",
-    ]), va="top", family="monospace", fontsize=9)
-    axes[2].set_title("cost (measured)")
+    axes[2].text(0, 1, "\n".join([
+        f"{channels} -> {channels} channels on {size}x{size}, measured on the layer:",
+        f"parameters {p:,} = O (C / g) k^2 = {p / dense:.2f} x a dense 3x3",
+        f"FLOPs {f / 1e6:.1f} M (2 x MACs); receptive field {rf1} px (1 layer), {rf2} px (2 layers)",
+    ]), va="top", family="monospace", fontsize=8.5)
     return fig
 
 
@@ -229,7 +232,7 @@ def cost_bars(costs: dict, baseline: Optional[str] = None, title: str = "cost", 
     """Side-by-side bars of parameters and FLOPs for named models: ``costs = {name: (params, flops)}``; ratios to
     ``baseline`` (default: the first) are written on the bars."""
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), layout="constrained")
     fig = axes[0].figure
     names = list(costs)
     base = costs[baseline or names[0]]

@@ -81,7 +81,7 @@ def test_every_notebook_exercise_has_a_solution(stem):
 
 
 def test_notebook_exercises_reads_the_check_calls():
-    assert notebook_exercises(NOTEBOOKS[PAGE]) == [("conv_cost", "conv_cost"),
+    assert notebook_exercises(NOTEBOOKS[PAGE]) == [("stack_cost", "stack_cost"),
                                                   ("receptive_field", "receptive_field_of")]
 
 
@@ -99,13 +99,13 @@ def test_student_notebook_has_the_stubs_and_no_answers(built):
     first = next(c for c in cells if c["cell_type"] == "code")  # the Colab setup, still first
     assert "google.colab" in _src(first) and "remove-cell" in first["metadata"]["tags"]
     assert "otter.Notebook" in _src(next(c for c in cells[cells.index(first) + 1:] if c["cell_type"] == "code"))
-    for solution in ("h_out", "jump *= stride"):
+    for solution in ("weights = O * (C // groups)", "jump *= stride"):
         assert not any(solution in s for s in code)
     assert any(GRADING_SKIP_TAG in c["metadata"].get("tags", []) and "pl.explore" in _src(c) for c in cells)
 
 
 def test_open_exercises_are_manual_questions(built):
-    assert built.questions == ["conv_cost", "receptive_field"]
+    assert built.questions == ["stack_cost", "receptive_field"]
     assert built.manual == ["exercise_3", "exercise_4"]
     md = [_src(c) for c in _cells(built.student) if c["cell_type"] == "markdown"]
     assert sum("_Type your answer here" in s for s in md) == 2
@@ -116,7 +116,7 @@ def test_open_exercises_are_manual_questions(built):
 
 def test_solution_notebook_holds_the_solution_sources(built):
     code = "\n".join(_src(c) for c in _cells(built.solution) if c["cell_type"] == "code")
-    for fn in (exercises.EXERCISES["conv_cost"].solution, exercises.EXERCISES["receptive_field"].solution):
+    for fn in (exercises.EXERCISES["stack_cost"].solution, exercises.EXERCISES["receptive_field"].solution):
         body = [line.strip() for line in inspect.getsource(fn).splitlines()[2:] if line.strip()]
         assert all(line in code for line in body), fn.__name__
 
@@ -125,7 +125,7 @@ def test_the_secret_seed_is_only_in_the_autograder(built):
     student_dir = built.student.parent
     assert not any(str(SEED) in p.read_text(errors="ignore") for p in student_dir.rglob("*") if p.is_file())
     student_tests = json.loads(built.student.read_text())["metadata"]["otter"]["tests"]
-    assert set(student_tests) == {"conv_cost", "receptive_field"}  # public tests only
+    assert set(student_tests) == {"stack_cost", "receptive_field"}  # public tests only
     assert all("hidden=True" not in t for t in student_tests.values())
     with zipfile.ZipFile(built.autograder) as z:
         environment = z.read("environment.yml").decode()  # the grading image: CPU torch and the library
@@ -143,7 +143,7 @@ def test_seeds_are_drawn_per_assignment(tmp_path):
     for i in range(2):
         made = make_assignment(PAGE, tmp_path / str(i), run_tests=False, library="plugconv-lite")
         with zipfile.ZipFile(made.autograder) as z:
-            seeds.append(re.search(r"seed=(\d+)", z.read("tests/conv_cost.py").decode()).group(1))
+            seeds.append(re.search(r"seed=(\d+)", z.read("tests/stack_cost.py").decode()).group(1))
     assert seeds[0] != seeds[1] and "0" not in seeds
 
 
@@ -298,8 +298,9 @@ def test_the_solutions_pass_the_autograder(built, tmp_path):
 def test_a_one_line_library_call_fails_the_autograder(built, tmp_path):
     nb = json.loads(built.solution.read_text())
     library_calls = {  # the page imports pl and receptive_field
-        "conv_cost": "return (lambda m: (m.params, m.flops))(pl.measure(nn.Conv2d(c_in, c_out, k, stride, k // 2, "
-                     "groups=groups, bias=False), (1, c_in, h, h), timing=False))",
+        "stack_cost": "return (lambda m: (m.params, m.flops))(pl.measure(nn.Sequential(*(nn.Conv2d(C, O, k, s, "
+                      "d * (k - 1) // 2, d, g, bias=False) for C, O, k, s, d, g in layers)), (1, layers[0][0], h, h), "
+                      "timing=False))",
         "receptive_field_of": "return receptive_field(layers)[-1][0]",
     }
     for cell in nb["cells"]:

@@ -55,10 +55,10 @@ def test_stubs_are_not_attempted_and_exceptions_are_reported():
     def broken(**kw):
         raise KeyError("oops")
 
-    assert exercises.check("conv_cost", todo).not_attempted
-    assert exercises.check("conv_cost", ellipsis_body).not_attempted
-    assert "not attempted" in str(exercises.check("conv_cost", todo))
-    report = exercises.check("conv_cost", broken)
+    assert exercises.check("stack_cost", todo).not_attempted
+    assert exercises.check("stack_cost", ellipsis_body).not_attempted
+    assert "not attempted" in str(exercises.check("stack_cost", todo))
+    report = exercises.check("stack_cost", broken)
     assert "raised KeyError" in report.failures[0]
     assert "❌" in report._repr_markdown_()
 
@@ -84,7 +84,7 @@ def test_shape_mismatch_is_named_and_values_are_not():
 
 
 def test_unknown_exercise_lists_valid_names():
-    with pytest.raises(ValueError, match="conv_cost"):
+    with pytest.raises(ValueError, match="stack_cost"):
         exercises.check("nope", lambda: None)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plugconv_lite import experiments
+from plugconv_lite import colab, experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted([*ROOT.glob("chapters/*.ipynb"), *ROOT.glob("book/*.ipynb")])
@@ -72,9 +72,27 @@ def test_chapter_experiment_is_registered(path):
         assert name in experiments.EXPERIMENTS, f"{path.name} reports unregistered experiment {name!r}"
 
 
+def _repository_url():
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_colab_cell_installs_from_the_configured_repository(path):
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    first_code = "".join(_cells(path, "code")[0]["source"])
-    assert '"google.colab" in sys.modules' in first_code and f"git clone -q --depth 1 {url} " in first_code
-    assert f"%cd /content/plugconv-lite/{path.parent.name}" in first_code
+def test_first_cell_is_the_canonical_colab_cell(path):
+    """Every notebook starts (before any other code) with the one Colab cell, for the configured repository, hidden
+    on the site. A new chapter copies it exactly: the set-up logic lives in plugconv_lite.colab, not here."""
+    first = _cells(path, "code")[0]
+    canonical = colab.first_cell(_repository_url())
+    assert "".join(first["source"]) == canonical, (
+        f"{path.name}: the first code cell must be exactly plugconv_lite.colab.first_cell(url):\n{canonical}")
+    assert first["metadata"].get("tags") == colab.FIRST_CELL_TAGS, f"{path.name}: tag the first cell remove-cell"
+    assert f'"{_repository_url()}"' in canonical  # the URL comes from _config.yml, and from nowhere else
+
+
+def test_the_readme_names_only_the_configured_repository():
+    url = _repository_url()
+    slug = url.removeprefix("https://github.com/")
+    readme = (ROOT / "README.md").read_text()
+    found_any = re.findall(r"(?:github\.com|colab\.research\.google\.com/github)/([\w.-]+/[\w-]+)", readme)
+    assert found_any, "README.md should say where the repository is"
+    for found in found_any:
+        assert found == slug, f"README.md names github.com/{found}; _config.yml's repository is {url}"

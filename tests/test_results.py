@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from plugconv_lite import experiments, results
+from plugconv_lite import experiments, provenance, results
 from plugconv_lite.data import synthetic_cifar100
 from plugconv_lite.profiles import PROFILES
 
@@ -100,6 +100,11 @@ def test_experiment_writes_a_record_and_reuses_it(tmp_path):
     assert len(files) == 1 and files[0].parent.parts[-2:] == ("synthetic", "smoke")
     assert rec["variant"] == "se" and rec["data"]["source"] == "synthetic" and rec["chapters"] == ["se"]
     assert rec["cost"]["params"] > 0 and rec["cost"]["flops"] > 0 and len(rec["history"]) == 1
+    assert rec["cost"]["latency_ms"] > 0 and rec["cost"]["latency_b256_ms"] > 0
+    assert rec["cost"]["latency_dtype"] == "float32" and rec["cost"]["latency_folded"]  # bf16 on a GPU only
+    assert rec["throughput"]["first_step_s"] > 0 and not rec["throughput"]["compiled"]
+    assert "plugconv_lite/attention/se.py" in rec["code"]["files"] and rec["code"]["sha"]
+    assert provenance.check(rec["code"]) == []
     again = experiments.experiment(v, prof, seed=0, data=ds, store=tmp_path, progress=False)
     assert again["date"] == rec["date"]  # loaded, not re-trained
     other = experiments.experiment(v, prof, seed=1, data=ds, store=tmp_path, progress=False)
@@ -114,6 +119,24 @@ def test_every_chapter_experiment_has_a_baseline_and_builds():
         for v in variants:
             json.dumps(v.model_kw)  # hashable into the record's config
             assert v.build(prof) is not None
+
+
+def test_throughput_leaves_the_first_step_out_and_reports_compile_time():
+    history = [{"train_images": 1000, "train_time_s": 12.0}, {"train_images": 1000, "train_time_s": 2.0}]
+    t = experiments.throughput(history, first_step_s=10.2, batch_size=100, compiled=True)
+    assert t["train_images_per_s_overall"] == pytest.approx(2000 / 14)
+    assert t["train_images_per_s"] == pytest.approx(1900 / 3.8)  # 19 steady steps in 3.8 s
+    assert t["compile_s"] == pytest.approx(10.2 - 0.2)  # the first step less one steady step
+    eager = experiments.throughput(history, first_step_s=0.3, batch_size=100, compiled=False)
+    assert eager["compile_s"] is None and eager["train_images_per_s"] == pytest.approx(1900 / 13.7)
+
+
+def test_deployed_latency_times_a_folded_copy_and_leaves_the_model_alone():
+    import plugconv_lite as pl
+    model = pl.resnet20(num_classes=10, width=8, conv="doconv")
+    cost = experiments.deployed_latency(model, torch.device("cpu"))
+    assert cost["latency_folded"] and cost["latency_channels_last"] and cost["latency_ms"] > 0
+    assert any(type(m).__name__ == "DOConv2d" for m in model.modules())  # the trained model is not folded
 
 
 def test_equal_budget_control_matches_the_target_within_one_width_step():

@@ -197,3 +197,9 @@ def test_resolve_device_refuses_devices_this_machine_lacks(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match=r"device='cuda:3': this machine has 1 CUDA device\(s\)"):
         resolve_device("cuda:3")
+
+
+def test_sgd_is_fused_on_a_gpu_only():
+    from plugconv_lite.train import fused_kw
+    assert fused_kw(torch.device("cpu")) == {}
+    assert fused_kw(torch.device("cuda")) == {"fused": True}  # torch >= 2.4 has a fused SGD

@@ -1,36 +1,42 @@
-"""Foundations: convolution arithmetic: what this chapter adds to the library (book/foundations_arithmetic.ipynb):
-its exercises."""
+"""Foundations: convolution arithmetic (book/foundations_arithmetic.ipynb): the page's exercises."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from ..exercises import draw_int, exercise, solution
 from ..measure import count_params
 
-def _conv_cost_cases(g):
+
+def _stack_cases(g):
     cases = []
-    for _ in range(8):
-        groups = [1, 2, 4][draw_int(g, 0, 2)]
-        cases.append(dict(c_in=groups * draw_int(g, 1, 16), c_out=groups * draw_int(g, 1, 16), k=[1, 3, 5][draw_int(g, 0, 2)],
-                          groups=groups, h=draw_int(g, 4, 20), stride=draw_int(g, 1, 2)))
+    for _ in range(6):
+        layers, C = [], draw_int(g, 1, 4) * 4
+        for _ in range(draw_int(g, 1, 4)):
+            options = [d for d in (1, 2, 4, C) if C % d == 0]
+            groups = options[draw_int(g, 0, len(options) - 1)]
+            O = groups * draw_int(g, 1, 6) if groups != C else C
+            layers.append((C, O, [1, 3, 5][draw_int(g, 0, 2)], draw_int(g, 1, 2), draw_int(g, 1, 2), groups))
+            C = O
+        cases.append(dict(layers=layers, h=draw_int(g, 9, 33)))
     return cases
 
 
-@exercise("conv_cost", _conv_cost_cases,
-          "Return (params, FLOPs) of a bias-free k x k conv with `groups` on an h x h input (padding k // 2, the "
-          "given stride); FLOPs = 2 x multiply-accumulates.")
-def _conv_cost(c_in, c_out, k, groups, h, stride):
+@exercise("stack_cost", _stack_cases,
+          "Return the total (params, FLOPs) of a chain of bias-free convs (C, O, k, stride, dilation, groups), each "
+          "padded by dilation * (k - 1) // 2, applied in turn to a 1 x C x h x h input.")
+def _stack_cost(layers, h):
     from ..measure import count_flops
-    conv = nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False)
-    return count_params(conv), count_flops(conv, (1, c_in, h, h))
+    net = nn.Sequential(*(nn.Conv2d(C, O, k, s, d * (k - 1) // 2, d, groups, bias=False)
+                          for C, O, k, s, d, groups in layers))
+    return count_params(net), count_flops(net, (1, layers[0][0], h, h))
 
 
 def _rf_cases(g):
     cases = []
     for _ in range(6):
-        cases.append(dict(layers=[(draw_int(g, 1, 3) * 2 + 1, draw_int(g, 1, 2), draw_int(g, 1, 3)) for _ in range(draw_int(g, 1, 5))]))
+        cases.append(dict(layers=[(draw_int(g, 1, 3) * 2 + 1, draw_int(g, 1, 2), draw_int(g, 1, 3))
+                                  for _ in range(draw_int(g, 1, 5))]))
     return cases
 
 
@@ -41,14 +47,16 @@ def _receptive_field(layers):
     return receptive_field(layers)[-1][0]
 
 
-@solution("conv_cost")
-def conv_cost(c_in, c_out, k, groups, h, stride):
-    # each output channel reads c_in / groups input channels through a k x k kernel
-    params = c_out * (c_in // groups) * k * k
-    padding = k // 2
-    h_out = (h + 2 * padding - k) // stride + 1
-    # one multiply-accumulate (2 FLOPs) per weight per output position
-    return params, 2 * h_out * h_out * params
+@solution("stack_cost")
+def stack_cost(layers, h):
+    params = flops = 0
+    for C, O, k, stride, dilation, groups in layers:
+        weights = O * (C // groups) * k * k  # each output channel reads C / groups channels
+        padding = dilation * (k - 1) // 2
+        h = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1  # this conv's output size
+        params += weights
+        flops += 2 * h * h * weights  # one multiply-accumulate per weight per output position
+    return params, flops
 
 
 @solution("receptive_field")

@@ -228,9 +228,11 @@ def dilation_grid(pattern, D_max: int, ax=None, title: Optional[str] = None, cma
     return fig
 
 
-def cost_bars(costs: dict, baseline: Optional[str] = None, title: str = "cost", axes=None):
+def cost_bars(costs: dict, baseline: Optional[str] = None, title: str = "cost", axes=None,
+              ylim: Optional[tuple[float, float]] = None):
     """Side-by-side bars of parameters and FLOPs for named models: ``costs = {name: (params, flops)}``; ratios to
-    ``baseline`` (default: the first) are written on the bars."""
+    ``baseline`` (default: the first) are written on the bars. ``ylim``: the (parameters, FLOPs) axes' upper
+    limits in millions, to keep the axes fixed across the frames of a widget."""
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(6.8, 3.2), layout="constrained")
     fig = axes[0].figure
@@ -243,26 +245,28 @@ def cost_bars(costs: dict, baseline: Optional[str] = None, title: str = "cost", 
             ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{costs[n][i] / base[i]:.2f}x", ha="center",
                     va="bottom", fontsize=8)
         ax.set_ylabel(f"{label} (M)")
-        ax.set_ylim(0, max(values) * 1.18)
-        ax.set_title(label)
+        ax.set_ylim(0, max(values) * 1.18 if ylim is None else ylim[i])
+        ax.set_title(label, fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
 def searched_patterns(patterns: dict, D_max: int, title: str = "searched dilation patterns"):
     """Per-layer dilation patterns (``{layer: [(d_h, d_w), ...]}``, e.g. an EDO search): the share of each layer's
     channels that moved away from (1, 1), and the channels per dilation summed over all layers."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained", gridspec_kw={"width_ratios": [2, 1]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.8, 3.4), layout="constrained",
+                                   gridspec_kw={"width_ratios": [1.5, 1]})
     names = list(patterns)
     share = [100 * sum(tuple(d) != (1, 1) for d in p) / len(p) for p in patterns.values()]
     ax1.bar(range(len(names)), share, color=PALETTE[0])
-    ax1.set_xticks(range(len(names)), [n.replace("layer", "L") for n in names], rotation=60, fontsize=7)
+    ax1.set_xticks(range(len(names)), [n.replace("layer", "L") for n in names], rotation=90, fontsize=8)
     ax1.set_ylim(0, 100)
-    ax1.set_ylabel("channels with d != (1, 1) (%)")
-    ax1.set_title(title)
+    ax1.set_ylabel("channels with d != (1, 1) (%)", fontsize=9)
+    ax1.set_title(title, fontsize=10)
     dilation_grid([tuple(d) for p in patterns.values() for d in p], D_max, ax=ax2,
-                  title="all layers: channels per dilation")
+                  title="all layers: channels\nper dilation")
+    ax2.title.set_fontsize(10)
     return fig
 
 
@@ -283,10 +287,12 @@ def sampling_overlay(kernels, labels=None, ax=None, extent: Optional[int] = None
                    color=PALETTE[i % len(PALETTE)], label=labels[i], edgecolors="white", linewidths=0.5)
     ax.set_xlim(-half - .5, half + .5)
     ax.set_ylim(half + .5, -half - .5)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
     ax.set_aspect("equal")
     ax.set_xlabel("input column offset")
     ax.set_ylabel("input row offset")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     ax.set_title(title or "sampling pattern of one output pixel")
     return fig
 
@@ -310,12 +316,12 @@ def padded_map(kernel_size: int, resolution: int, position=(0, 0), dilation: int
     ax.scatter(cols[inside], rows[inside], s=s, marker="s", color=PALETTE[0], label="tap on the map")
     ax.scatter(cols[~inside], rows[~inside], s=s, marker="x", color=PALETTE[3], label="tap on zero padding")
     ax.add_patch(plt.Rectangle((-.5, -.5), resolution, resolution, fill=False, color="k", lw=1))
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_locator(plt.MaxNLocator(5, integer=True))
     ax.grid(False)
     ax.set_xlabel("input column")
     ax.set_ylabel("input row")
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     ax.set_title(title or f"{kernel_size}x{kernel_size} at output {tuple(position)} of a {resolution}x{resolution} map:\n"
                           f"{inside.mean():.0%} of its taps on the map")
     return fig
@@ -334,4 +340,62 @@ def annotated_heatmap(values, ax=None, title: str = "", xlabel: str = "", ylabel
                 color="white" if light else "black")
     ax.set_xticks(range(values.shape[1]))
     ax.set_yticks(range(values.shape[0]))
+    return fig
+
+
+def compact_text(fig, title: float = 9, label: float = 9, ticks: float = 8):
+    """Set the font sizes (points) of every axes' title, axis labels and tick labels of ``fig``: for panels of a
+    figure at most 6.8 in wide, where the theme's sizes crowd them. Legends and annotations keep their own. Returns
+    ``fig``."""
+    for ax in fig.axes:
+        ax.title.set_fontsize(title)
+        ax.xaxis.label.set_fontsize(label)
+        ax.yaxis.label.set_fontsize(label)
+        ax.tick_params(labelsize=ticks)
+    return fig
+
+
+def dilation_search(reference, found, errors, candidates, D_max: int, reference_title: str = "reference pattern"):
+    """One layer's dilation search (EDO) at a glance: a reference pattern and the one found (channels per dilation,
+    top), and every candidate dilation's L1 error for every output channel, each channel's column divided by its
+    largest error (bottom). ``errors`` is (len(candidates), O)."""
+    fig = plt.figure(figsize=(6.8, 5.6), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
+    ax1, ax2 = top.subplots(1, 2)
+    dilation_grid(reference, D_max, ax=ax1, title=reference_title)
+    dilation_grid(found, D_max, ax=ax2, title="found by the search")
+    ax = bottom.subplots()
+    e = np.asarray(errors, dtype=float)
+    heatmap(e / e.max(axis=0, keepdims=True), ax=ax, title="L1 error per candidate (each column / its largest)",
+            xlabel="output channel", ylabel="candidate (d_h, d_w)", cmap="viridis", aspect="auto")
+    ax.set_yticks(range(len(candidates)), [str(tuple(c)) for c in candidates], fontsize=8)
+    ax.set_xticks(range(e.shape[1]))
+    ax.tick_params(axis="x", labelsize=8)
+    for a in (ax1, ax2, ax):
+        a.title.set_fontsize(10)
+    return fig
+
+
+def tap_counts(counts: dict, label: str = "reads per pixel", ncols: int = 2):
+    """Small integer maps side by side, every cell labelled with its value: ``counts`` maps a panel's name to an
+    (H, W) array (e.g. how many kernel taps read each input pixel). One colour scale for all panels, from 0 to the
+    largest value, so the panels compare."""
+    names = list(counts)
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.8, 3.4 * nrows), layout="constrained", squeeze=False)
+    top = max(float(np.max(np.asarray(v))) for v in counts.values()) or 1.0
+    for ax, name in zip(axes.flat, names):
+        values = np.asarray(counts[name])
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=top)
+        for (r, c), v in np.ndenumerate(values):
+            ax.text(c, r, f"{v:g}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 * top else "black")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+        ax.tick_params(labelsize=8)
+        ax.grid(False)
+        ax.set_title(f"{name}\n{label}: {values.min():g} to {values.max():g}", fontsize=10)
+        ax.set_xlabel("input column", fontsize=9)
+        ax.set_ylabel("input row", fontsize=9)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
     return fig

@@ -24,7 +24,7 @@ from .base import ConvBase
 def dilation_map(parts: int, d: int) -> torch.Tensor:
     """(P, P) int tensor: the dilation rate of the block from input part i (column) to output part j (row).
 
-    delta(j, i) = d if i = j;  2d if i = (j + P/2) mod P;  1 otherwise.
+    rho(j, i) = d if i = j;  2d if i = (j + P/2) mod P;  1 otherwise.
     """
     P = parts
     j, i = torch.meshgrid(torch.arange(P), torch.arange(P), indexing="ij")
@@ -37,7 +37,7 @@ def dilation_map(parts: int, d: int) -> torch.Tensor:
 @register("psconv", "conv", paper="PSConv: Squeezing Feature Pyramid into One Compact Poly-Scale Convolutional Layer",
           year=2020, arxiv="2007.06191")
 class PSConv2d(ConvBase):
-    """y = sum_{delta in {d, 2d, 1}} Conv_{k x k, dilation delta}(x, W masked to the blocks with dilation delta).
+    """y = sum_{rho in {d, 2d, 1}} Conv_{k x k, dilation rho}(x, W masked to the blocks with rate rho).
 
     With C = C_in, O = C_out cut into P parts (C/P and O/P channels), output part j reads input part j with
     dilation d, input part (j + P/2) mod P with dilation 2d, and every other input part with dilation 1. Computed as

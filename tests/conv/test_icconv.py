@@ -175,3 +175,20 @@ def test_bad_hyperparameters_raise(kw, match):
 def test_extra_repr_names_the_pattern():
     text = repr(ICConv2d(4, 4, pattern={"1,1": 3, "2,1": 1}))
     assert "D_max=4" in text and "(1,1): 3" in text and "(2,1): 1" in text
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_is_a_sparse_dense_conv_with_the_supernet_kernel(rng, stride):
+    """IC-Conv equals one K x K conv (the EDO supernet's shape) whose kernel holds each channel's taps at the
+    positions its dilation reads (SupernetConv2d.taps) and zeros elsewhere: the sub-network EDO scores."""
+    from plugconv_lite.edo import SupernetConv2d
+    pattern = [(1, 1), (2, 3), (3, 1), (1, 2), (3, 3)]
+    m = ICConv2d(4, 5, 3, stride=stride, pattern=pattern, D_max=3)
+    dense = SupernetConv2d(4, 5, 3, stride=stride, D_max=3)
+    with torch.no_grad():
+        dense.weight.zero_()
+        for o, d in enumerate(pattern):
+            rows, cols = dense.taps(d)
+            dense.weight[o, :, rows, cols] = m.weight[o]
+    x = torch.randn(2, 4, 11, 9, generator=rng)
+    torch.testing.assert_close(dense(x), m(x), rtol=1e-5, atol=1e-5)

@@ -113,6 +113,19 @@ def test_replaces_the_strided_convs_of_resnet18():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
 
 
+def test_chapter_experiment_has_an_equal_parameter_control():
+    """SPD-Conv grows ResNet-18 by far more than 5%: the chapter's experiment must carry a plain network widened to
+    its parameter count (chapter standard v2), within a few percent at the full profile's width."""
+    from plugconv_lite import experiments
+    variants = {v.name: v for v in experiments.EXPERIMENTS["spdconv"]}
+    control, spd = variants["spdconv_budget"], variants["spdconv"]
+    assert control.budget_of is spd and control.budget == "params" and not control.model_kw
+    full = pl.profile("full")
+    base, grown, matched = (count_params(v.build(full)) for v in (variants["baseline"], spd, control))
+    assert grown / base > 1.05
+    assert abs(matched / grown - 1) < 0.02
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(kernel_size=2, stride=2), r"kernel_size \(h\)=2 must be odd"),
     (dict(stride=2, padding=0), r"padding=\(0, 0\) must be kernel_size // 2 = \(1, 1\)"),

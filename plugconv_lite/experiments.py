@@ -85,15 +85,31 @@ class Variant:
         kw = dict(self.model_kw)
         if self.budget_of is None:
             return kw
-        target = cost_of(self.budget_of.build(profile, num_classes), self.budget)
-        kw["width"] = matched_width(lambda w: cost_of(self.build(profile, num_classes, model_kw={**kw, "width": w}),
-                                                      self.budget), target, start=profile.width)
+
+        def search() -> int:  # builds a dozen networks: on the meta device (shapes_only), it costs no arithmetic
+            target = cost_of(self.budget_of.build(profile, num_classes), self.budget)
+            return matched_width(lambda w: cost_of(self.build(profile, num_classes, model_kw={**kw, "width": w}),
+                                                   self.budget), target, start=profile.width)
+
+        kw["width"] = shapes_only(search)
         return kw
 
 
 def cost_of(model: nn.Module, budget: str) -> int:
     """The parameters or forward FLOPs (one 32 x 32 image) of ``model``."""
     return count_params(model) if budget == "params" else count_flops(model, (1, 3, 32, 32))
+
+
+def shapes_only(fn: Callable[[], object]):
+    """``fn()`` with new tensors on the meta device: networks built there can be counted (``count_params``,
+    ``count_flops``) without arithmetic, with the same counts. Falls back to the CPU for a module that needs real
+    values to run."""
+    try:
+        with torch.device("meta"):
+            return fn()
+    except (RuntimeError, NotImplementedError):
+        with torch.device("cpu"):
+            return fn()
 
 
 def matched_width(cost: Callable[[int], float], target: float, start: int) -> int:
@@ -539,18 +555,18 @@ def chapter_verdict(chapter: str) -> None:
 
     full_prof = get_profile("full")
     variants = EXPERIMENTS[chapter]
-    models = {v.name: v.build(full_prof) for v in variants}
-    base_p, base_f = count_params(models["baseline"]), count_flops(models["baseline"])
+    counts = shapes_only(lambda: {v.name: (count_params(m := v.build(full_prof)), count_flops(m)) for v in variants})
+    base_p, base_f = counts["baseline"]
     records = chapter_records(chapter)
     table = store_mod.table(records) if {r["variant"] for r in records} - {"baseline"} else None
     lat = {} if table is None else {v: t for v, t in zip(table["variant"], table["latency_ms"])
                                     if t is not None and t == t}  # NaN: not timed (runs that shared the GPU)
     lines = [f"**Cost** (ResNet-18 at width {full_prof.width}, one 32×32 image, relative to the baseline):"]
     for v in variants[1:]:
-        m = models[v.name]
+        params, flops = counts[v.name]
         gpu = (f"GPU latency ×{lat[v.name] / lat['baseline']:.2f} (batch 1, from the records)"
                if v.name in lat and "baseline" in lat else "GPU latency not yet measured")
-        lines.append(f"- `{v.name}`: parameters ×{count_params(m) / base_p:.2f}, FLOPs ×{count_flops(m) / base_f:.2f}"
+        lines.append(f"- `{v.name}`: parameters ×{params / base_p:.2f}, FLOPs ×{flops / base_f:.2f}"
                      f" (as trained); {gpu}.")
     if table is None:
         lines.append("\n**Evidence:** no full-profile runs of this chapter's variants yet, so there is no evidence "

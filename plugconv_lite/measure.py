@@ -14,7 +14,29 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils import flop_counter as _fc
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def _register_cpu_flash_attention_flops() -> None:
+    """``F.scaled_dot_product_attention`` on a CPU dispatches to ``_scaled_dot_product_flash_attention_for_cpu``,
+    which torch's FLOP counter has no formula for (it would count 0). Count it as the GPU kernels are counted."""
+    aten = torch.ops.aten
+    for op, formula in (("_scaled_dot_product_flash_attention_for_cpu", "sdpa_flop"),
+                        ("_scaled_dot_product_flash_attention_for_cpu_backward", "sdpa_backward_flop")):
+        target = getattr(aten, op, None)
+        if target is None or target in _fc.flop_registry or not hasattr(_fc, formula):
+            continue
+        if formula == "sdpa_flop":
+            def count(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+                return _fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+        else:
+            def count(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+                return _fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+        _fc.register_flop_formula(target)(count)
+
+
+_register_cpu_flash_attention_flops()
 
 
 @dataclass
@@ -106,6 +128,35 @@ def peak_memory_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> 
         model.eval()(torch.zeros(input_size, device=device))
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) / 2 ** 20
+
+
+def saved_activation_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> float:
+    """Memory (MB) of the tensors autograd keeps for the backward pass of one training-mode forward on
+    ``input_size``: the activation memory training needs, which (unlike ``peak_memory_mb``) can be measured on any
+    device. Each storage counts once; the parameters, buffers and the input do not count. Buffers (BN statistics) are
+    restored afterwards, and the model's train/eval mode too."""
+    device = _device_of(model, device)
+    x = torch.randn(input_size, device=device, requires_grad=True)
+    excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), x)}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    buffers = [b.detach().clone() for b in model.buffers()]
+    was_training = model.training
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()(x)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for b, saved in zip(model.buffers(), buffers):
+                b.copy_(saved)
+    return sum(kept.values()) / 2 ** 20
 
 
 def measure(model: nn.Module, input_size=(1, 3, 32, 32), device=None, warmup: int = 10, repeats: int = 50,

@@ -267,8 +267,9 @@ def add_attention(model: nn.Module, name_or_factory, where: Where, attn_kw=None,
     ``input_size`` (eval mode, no gradients; every module's train/eval mode is restored). The attention module is
     placed on the device and dtype of the module (else of the model) and takes its train/eval mode. A module used in
     several places gets one attention module, applied wherever it is used; selecting only some of its names, or a
-    module together with one inside it, raises ``ValueError``. Everything is built before the model is changed.
-    Returns the model and the names of the modules that received attention.
+    module together with one inside it, raises ``ValueError``. Everything is built before the model is changed. A
+    factory's ``from_site`` may decline a site (return None): that module is left as it is. Returns the model and the
+    names of the modules that received attention.
     """
     factory = resolve(name_or_factory, "attention")
     chosen = _candidates(model, lambda n, m: True, _where(where, lambda n, m: False), "module")
@@ -302,6 +303,8 @@ def add_attention(model: nn.Module, name_or_factory, where: Where, attn_kw=None,
             attn = factory.from_site(site, **kw) if hasattr(factory, "from_site") else factory(channels[key], **kw)
         except ValueError as err:
             raise ValueError(f"module {names[0]!r}: {err}") from None
+        if attn is None:  # from_site declined this site (see models/plugs.py)
+            continue
         device, dtype = _placement(m, model)
         attn.to(device=device, dtype=dtype).train(m.training)
         wrapped = nn.Sequential(m, attn)

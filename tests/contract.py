@@ -51,6 +51,18 @@ def check_gradients(module: nn.Module, x: torch.Tensor):
             assert p.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
 
 
+def perturb_zero_init(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every parameter that is exactly zero (a zero-initialised gate: DANet's gamma, a zero-init last conv)
+    small random values. Such a gate blocks the gradient to everything before it at initialisation, by design;
+    the gradient check is about the graph, so it runs at a generic point instead."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.numel() and not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
 def check_compile_and_export(module: nn.Module, x: torch.Tensor, atol=1e-5):
     """torch.compile (full graph) and torch.export reproduce the eager output."""
     module.eval()

@@ -8,7 +8,7 @@ import torch.nn as nn
 import plugconv_lite as pl
 from contract import (check_attention_shapes, check_bf16_autocast, check_channels_last, check_compile_and_export,
                       check_conv_shapes, check_gradients, check_inductor_matches_eager, check_placed_like,
-                      floating_tensors, have_cpp_compiler, inductor_risky_ops)
+                      floating_tensors, have_cpp_compiler, inductor_risky_ops, perturb_zero_init)
 
 CONVS = pl.available("conv")
 ATTENTIONS = pl.available("attention")
@@ -64,7 +64,7 @@ def test_attention_keeps_shape(name):
 
 @pytest.mark.parametrize("name", ATTENTIONS)
 def test_attention_gradients_reach_every_parameter(name):
-    check_gradients(pl.create(name, 32), torch.randn(2, 32, 6, 6))
+    check_gradients(perturb_zero_init(pl.create(name, 32)), torch.randn(2, 32, 6, 6))
 
 
 @pytest.mark.parametrize("name", ATTENTIONS)

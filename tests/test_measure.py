@@ -25,6 +25,41 @@ def test_einsum_flops_are_counted():
     assert count_flops(Einsum(), (2, 4, 4)) == 2 * 2 * 4 * 4 * 4
 
 
+@pytest.mark.parametrize("shapes", [((2, 1, 16, 32),) * 3, ((2, 1, 16, 8), (2, 1, 16, 8), (2, 1, 16, 32))])
+def test_scaled_dot_product_attention_flops_are_counted_on_every_path(shapes):
+    """Equal head widths take the CPU's fused flash kernel (which torch's counter alone counts as 0 FLOPs), unequal
+    ones the decomposed math path: both count the two matrix products, 2 x MACs."""
+    class Attention(nn.Module):
+        def forward(self, x):
+            q, k, v = (x[..., :s[-1]] for s in shapes)
+            return nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+    (B, h, L, E), _, (*_, Ev) = shapes
+    assert count_flops(Attention(), (B, h, L, 32)) == 2 * B * h * L * L * (E + Ev)
+
+
+def test_saved_activations_count_what_backward_keeps_once():
+    from plugconv_lite.measure import saved_activation_mb
+    # Linear saves its input and weight (not counted); ReLU saves its output: 4 x 16 floats. BN's statistics stay.
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.BatchNorm1d(16)).eval()
+    before = m[2].running_mean.clone()
+    mb = saved_activation_mb(m, (4, 8))
+    assert torch.equal(m[2].running_mean, before) and not m.training
+    # ReLU's output is also what BN saves as its input: one storage, counted once; BN also saves the batch's mean
+    # and inverse std (2 x 16 floats) and its running statistics (buffers: not counted)
+    assert mb * 2 ** 20 == 4 * 16 * 4 + 2 * 16 * 4
+
+
+def test_saved_activations_of_explicit_attention_grow_with_the_square_of_the_positions():
+    from plugconv_lite.attention import PositionAttention
+    from plugconv_lite.measure import saved_activation_mb
+    m = PositionAttention(16, fused=False)
+    mb = {s: saved_activation_mb(m, (1, 16, s, s)) for s in (8, 16)}
+    n8, n16 = 64, 256
+    # the N x N softmax output (float32) is kept, plus terms linear in N
+    assert mb[16] - mb[8] >= 4 * (n16 ** 2 - n8 ** 2) / 2 ** 20
+
+
 def test_params_exclude_buffers_and_can_exclude_frozen():
     m = nn.Linear(3, 4)
     m.register_buffer("frozen", torch.ones(100))

@@ -157,6 +157,23 @@ def test_equal_budget_control_matches_the_target_within_one_width_step():
         experiments.Variant("x", budget_of=spd, budget="latency")
 
 
+def test_shapes_only_counts_like_a_real_network_and_falls_back_to_the_cpu():
+    def build_and_count():
+        m = experiments.Variant("danet", {"attn": "danet"}).build(PROFILES["smoke"])
+        return m.fc.weight.device.type, experiments.count_params(m), experiments.count_flops(m)
+
+    device, params, flops = experiments.shapes_only(build_and_count)
+    real = experiments.Variant("danet", {"attn": "danet"}).build(PROFILES["smoke"])
+    assert device == "meta" and (params, flops) == (experiments.count_params(real), experiments.count_flops(real))
+
+    def needs_values():
+        if torch.zeros(1).item() != 0:  # .item() has no value on the meta device
+            raise AssertionError
+        return torch.zeros(1).device.type
+
+    assert experiments.shapes_only(needs_values) == "cpu"
+
+
 def test_matched_width_finds_the_closest_integer():
     assert experiments.matched_width(lambda w: w * w, 50, start=16) == 7
     assert experiments.matched_width(lambda w: w * w, 1, start=16) == 1

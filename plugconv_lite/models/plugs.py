@@ -7,6 +7,13 @@ role, its channels, stride and the feature-map size it sees (for a 32 x 32 input
 A registered module may define a classmethod ``from_site(site, **kw)``; it is then built from the site, which is how
 position-dependent modules are configured (PyConv's kernel pyramid follows the feature-map size, IC-Conv takes one
 dilation pattern per layer). ``conv_kw`` / ``attn_kw`` / ``block_kw`` may also be a callable ``site -> dict``.
+
+An attention module's ``from_site`` may also return None to decline a site: the block then has no attention there.
+That is how a module whose cost depends on the map size keeps itself where it is affordable (DANet's position
+attention stores an (HW) x (HW) matrix, so its ``from_site`` builds it only on maps of at most ``max_resolution``
+pixels a side). The rule lives in the module, not in the caller, because it is a property of the module; a JSON
+keyword (``attn_kw={"max_resolution": 16}``) changes it, which an experiment's hashed config can record and a
+callable ``attn_kw`` could not.
 """
 from __future__ import annotations
 
@@ -114,6 +121,7 @@ class Plugs:
         return build_conv(self.conv_factory, site, _kwargs(self.conv_kw, site, "conv_kw"))
 
     def attn(self, site: PlugSite) -> Optional[nn.Module]:
+        """The attention module for ``site``, or None (no attention there: none asked for, or declined)."""
         if self.attn_factory is None:
             return None
         self.sites.append(site)

@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,3 +49,24 @@ def pytest_terminal_summary(terminalreporter):
         for page, secs in sorted(times.items(), key=lambda kv: -kv[1]):
             terminalreporter.write_line(f"{secs:7.1f}  {page}")
         terminalreporter.write_line(f"{sum(times.values()):7.1f}  total")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One Chromium for the whole session: a second ``sync_playwright`` opened while the first is alive fails
+    ("Sync API inside the asyncio loop"), so every browser test shares this one."""
+    if not Path(CHROMIUM).exists():
+        # .ci/setup installs Chromium, so its absence is a broken set-up, not a reason to skip the browser checks
+        if os.environ.get("PLUGCONV_NO_BROWSER"):
+            pytest.skip("PLUGCONV_NO_BROWSER is set: the browser checks are skipped")
+        pytest.fail("Chromium is not installed (apt-get install chromium; or set PLUGCONV_NO_BROWSER=1 to skip)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()

@@ -2,7 +2,6 @@
 table in headless Chromium beside the vendored widget runtime."""
 import functools
 import http.server
-import os
 import re
 import shutil
 import threading
@@ -16,7 +15,6 @@ from plugconv_lite import leaderboard, results
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "book" / "_static"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -87,19 +85,6 @@ def test_an_empty_store_says_so_and_gives_the_commands(tmp_path):
     assert b.empty and "latency_b1_ms" in b.columns
     msg = leaderboard.empty_message()
     assert "decides nothing" in msg and "campaign --budget" in msg and "import-results" in msg and "--list" in msg
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("PLUGCONV_NO_BROWSER"):
-            pytest.skip("PLUGCONV_NO_BROWSER is set: the browser check is skipped")
-        pytest.fail("Chromium is not installed (apt-get install chromium; or set PLUGCONV_NO_BROWSER=1 to skip)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 def test_table_sorts_in_the_browser_beside_the_widget_runtime(board, tmp_path, browser):

@@ -20,6 +20,7 @@ rewritten atomically, so an interrupted campaign loses at most the jobs in fligh
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -98,7 +99,9 @@ def data_source(profile) -> str:
 
 
 def unique_variants(chapters: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None):
-    """[(variant, chapters holding it)], each variant once (the baseline is in every chapter), baseline first."""
+    """[(variant, chapters holding it)], each variant once (the baseline is in every chapter), baseline first.
+    Variants that differ only in their ``note`` (a chapter's wording of a shared reference row, e.g. SE in the
+    attention chapters) are the same run: one job, listed under every chapter that holds it."""
     ex = _experiments()
     chosen = sorted(ex.EXPERIMENTS) if not chapters else list(chapters)
     unknown = [c for c in chosen if c not in ex.EXPERIMENTS]
@@ -110,7 +113,7 @@ def unique_variants(chapters: Optional[Sequence[str]] = None, variants: Optional
             if variants and v.name not in variants:
                 continue
             for i, (u, chs) in enumerate(out):
-                if u == v:
+                if dataclasses.replace(u, note="") == dataclasses.replace(v, note=""):
                     out[i] = (u, chs + (chapter,))
                     break
             else:

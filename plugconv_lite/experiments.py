@@ -480,13 +480,17 @@ def chapter_report(chapter: str, profile=None) -> None:
     if banner(prof):
         print(banner(prof))
     display(_fmt_table(df))
-    full = store_mod.load(profile="full", chapter=chapter)
-    if not full:
-        n = len(EXPERIMENTS[chapter]) * len(get_profile("full").seeds)
+    full = chapter_records(chapter)
+    ran = {r["variant"] for r in full}
+    if not ran - {"baseline"}:
+        seeds = len(get_profile("full").seeds)
+        n = (len(EXPERIMENTS[chapter]) - 1) * seeds + (0 if "baseline" in ran else seeds)
+        base = (f" The baseline's runs are there ({store_mod.provenance(full)}), but no variant of this chapter "
+                f"has one." if "baseline" in ran else "")
         display(Markdown(
-            f"**No full-profile runs of this chapter are in `results/` yet**, so this page draws no conclusion "
-            f"about accuracy. To produce them on a GPU ({n} runs: every variant, three seeds):\n\n"
-            f"```bash\n{full_command(chapter)}\n```"))
+            f"**No full-profile runs of this chapter's variants are in `results/` yet**, so this page draws no "
+            f"conclusion about accuracy.{base} To produce them on a GPU ({n} runs: every variant, three seeds; "
+            f"runs already in `results/` are skipped):\n\n```bash\n{full_command(chapter)}\n```"))
         return
     from .viz import result_bars
     import matplotlib.pyplot as plt
@@ -497,6 +501,25 @@ def chapter_report(chapter: str, profile=None) -> None:
     result_bars(table, title=f"{chapter}: CIFAR-100 top-1, full profile (mean ± std over seeds)")
     plt.show()
     display(Markdown("\n".join("- " + store_mod.verdict(table, v) for v in table["variant"] if v != "baseline")))
+
+
+
+def chapter_records(chapter: str, profile: str = "full", store=None) -> list[dict]:
+    """The committed records of ``chapter``'s variants: the ones filed under it, and runs filed under another
+    chapter that are exactly a run of this chapter's variant (same name and configuration hash; e.g. the SE row
+    that the attention chapters share with the SE chapter, run once, filed under the chapter that asked first)."""
+    prof = get_profile(profile)
+    records = store_mod.load(store, profile=prof.name)
+    variants = {v.name: v for v in EXPERIMENTS[chapter]}
+    mine = [r for r in records if chapter in r.get("chapters", [])]
+    others = [r for r in records if chapter not in r.get("chapters", []) and r.get("variant") in variants]
+    if others:
+        from .campaign import resolve
+        stores = [Path(store) if store is not None else store_mod.results_dir()]
+        expected = {name: resolve(variants[name], prof, "cifar100", stores)["config_hash"]
+                    for name in {r["variant"] for r in others}}
+        mine += [r for r in others if r.get("config_hash") == expected[r["variant"]]]
+    return mine
 
 
 def colab_line(chapter: str) -> None:
@@ -518,9 +541,10 @@ def chapter_verdict(chapter: str) -> None:
     variants = EXPERIMENTS[chapter]
     models = {v.name: v.build(full_prof) for v in variants}
     base_p, base_f = count_params(models["baseline"]), count_flops(models["baseline"])
-    records = store_mod.load(profile="full", chapter=chapter)
-    table = store_mod.table(records) if records else None
-    lat = {} if table is None else dict(zip(table["variant"], table["latency_ms"]))
+    records = chapter_records(chapter)
+    table = store_mod.table(records) if {r["variant"] for r in records} - {"baseline"} else None
+    lat = {} if table is None else {v: t for v, t in zip(table["variant"], table["latency_ms"])
+                                    if t is not None and t == t}  # NaN: not timed (runs that shared the GPU)
     lines = [f"**Cost** (ResNet-18 at width {full_prof.width}, one 32×32 image, relative to the baseline):"]
     for v in variants[1:]:
         m = models[v.name]
@@ -529,11 +553,13 @@ def chapter_verdict(chapter: str) -> None:
         lines.append(f"- `{v.name}`: parameters ×{count_params(m) / base_p:.2f}, FLOPs ×{count_flops(m) / base_f:.2f}"
                      f" (as trained); {gpu}.")
     if table is None:
-        lines.append("\n**Evidence:** no full-profile runs yet, so there is no evidence either way on our recipe. "
+        lines.append("\n**Evidence:** no full-profile runs of this chapter's variants yet, so there is no evidence "
+                     "either way on our recipe. "
                      f"They are one command away on a GPU: `{full_command(chapter)}`.")
     else:
         lines.append(f"\n**Evidence** ({store_mod.provenance(records)}):")
-        lines += ["- " + store_mod.verdict(table, v.name) for v in variants[1:]]
+        lines += ["- " + (store_mod.verdict(table, v.name) if v.name in set(table["variant"]) else
+                          f"`{v.name}`: no full-profile run yet") for v in variants[1:]]
     display(Markdown("\n".join(lines)))
 
 

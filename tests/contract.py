@@ -31,8 +31,17 @@ def check_attention_shapes(factory, channels=32, sizes=SIZES, **kw):
 
 
 def check_gradients(module: nn.Module, x: torch.Tensor):
-    """Every trainable parameter receives a non-zero gradient, and so does the input."""
+    """Every trainable parameter receives a non-zero gradient, and so does the input.
+
+    A parameter that starts at exactly zero on purpose (the GC block's last layer, a residual scale gamma = 0)
+    blocks the gradient to everything before it at initialisation, and only then; such parameters are moved off
+    zero first, so the check sees which parameters the graph reaches, not the initial values."""
     module.train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad and p.is_floating_point() and not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     x = x.clone().requires_grad_(True)
     module(x).square().mean().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0

@@ -122,3 +122,21 @@ def test_cli_prints_one_line_per_refusal_and_fails(tmp_path, store, capsys):
     assert out[0].startswith("refused resnet18__baseline__") and "smoke-profile" in out[0]
     assert out[-1] == "would import 1, already in the store 0, refused 1"
     assert not store.exists()  # a dry run writes nothing
+
+
+def test_a_shared_reference_row_counts_for_every_chapter_that_registers_it(tmp_path):
+    """SE is the reference row of the SE chapter and of the attention chapters: run once (filed under the chapter
+    that asked first), its record belongs to every chapter whose variant has the same name and configuration; a
+    run of that name with another configuration does not."""
+    from plugconv_lite import experiments
+
+    def put(rec):
+        results.write(rec, results.record_path(tmp_path, "cifar100", "full", "resnet18", rec["variant"],
+                                               rec["config_hash"], rec["seed"]))
+
+    put(record("baseline", chapters=["se"]))
+    put(record("se", model_kw={"attn": "se"}, chapters=["se"]))
+    put(record("se", seed=1, model_kw={"attn": "se", "attn_kw": {"reduction": 4}}, chapters=["se"]))
+    got = {(r["variant"], r["seed"]) for r in experiments.chapter_records("cbam", store=tmp_path)}
+    assert got == {("baseline", 0), ("se", 0)}  # the reduction-4 run is another configuration: not cbam's row
+    assert {r["variant"] for r in experiments.chapter_records("pyconv", store=tmp_path)} == {"baseline"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validate import check_float, check_int, check_layer, make_divisible
+from .._validate import bottleneck_width, check_float, check_int, check_layer
 from ..registry import register
 
 
@@ -28,9 +28,7 @@ class SEModule(nn.Module):
         self.channels = check_int("channels", channels, min_value=1)
         self.reduction = check_float("reduction", reduction, min_value=1)
         self.divisor = check_int("divisor", divisor, min_value=1)
-        if hidden is None:
-            hidden = min(channels, make_divisible(channels / reduction, self.divisor))
-        self.hidden = check_int("hidden", hidden, min_value=1)
+        self.hidden = bottleneck_width(channels, self.reduction, self.divisor, hidden)
         check_layer("act_layer", act_layer, "nn.ReLU")
         check_layer("gate_layer", gate_layer, "nn.Sigmoid")
         self.fc1 = nn.Linear(channels, self.hidden)  # W1, b1

@@ -429,3 +429,29 @@ def padding_windows(kernel_size: int, symmetric: bool = True, ax=None, title: Op
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.set_title(title or f"{e}x{e}, {'symmetric' if symmetric else 'one-sided'} padding")
     return fig
+
+
+def erf_against_plain(erf: np.ndarray, plain: np.ndarray, rf: int, label: str, plain_label: str = "plain",
+                      floor: float = 1e-4, figsize=(6.8, 3.3)):
+    """A module's ERF next to a plain stack's, on fixed log scales (frames of a widget compare directly).
+
+    Left: ``erf`` on a log10 colour scale with the plain stack's theoretical receptive field (``rf`` x ``rf``,
+    dashed square) drawn on it. Right: the centre rows of both maps. The right title states the share of ``erf``'s
+    mass that lies outside the square (computed here)."""
+    h, w = erf.shape
+    c, half = h // 2, rf // 2
+    outside = 1 - erf[c - half:c + half + 1, c - half:c + half + 1].sum() / erf.sum()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=figsize, layout="constrained")
+    erf_log_map(erf, ax=ax1, floor=floor, title=f"{label}: log10 ERF")
+    ax1.add_patch(plt.Rectangle((c - half - 0.5, c - half - 0.5), rf, rf, fill=False, color="c", lw=1.2,
+                                ls="--", label=f"{plain_label}: RF {rf}x{rf}"))
+    ax1.legend(fontsize=8, loc="lower left", framealpha=0.8)
+    erf_profiles({plain_label: plain, label: erf}, ax=ax2, floor=floor,
+                 title=f"centre row; {outside:.1%} of the ERF lies\noutside the dashed {rf}x{rf} square")
+    for ax in (ax1, ax2):
+        ax.title.set_fontsize(10)
+        ax.xaxis.label.set_fontsize(9)
+        ax.yaxis.label.set_fontsize(9)
+        ax.tick_params(labelsize=8)
+    ax2.legend(fontsize=8, loc="lower center", framealpha=0.9)
+    return fig

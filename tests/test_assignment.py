@@ -73,7 +73,6 @@ def test_every_notebook_exercise_is_registered(stem):
     assert [n for n in names if n not in exercises.EXERCISES] == []
 
 
-@pytest.mark.xfail(strict=False, reason="chapters being rewritten")
 @pytest.mark.parametrize("stem", WITH_EXERCISES)
 def test_every_notebook_exercise_has_a_solution(stem):
     names = [name for name, _ in notebook_exercises(NOTEBOOKS[stem])]

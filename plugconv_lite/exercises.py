@@ -249,4 +249,15 @@ def draw_int(g: torch.Generator, lo: int, hi: int) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
+def resnet18_overhead(count: str, width: int, **model_kw) -> int:
+    """What ``model_kw`` (e.g. ``attn="se", attn_kw={...}``) adds to ``pl.resnet18(width=width)``, counted by
+    ``count`` (``"params"``, or ``"flops"`` of one 32x32 image): the reference answer of the chapters'
+    "what does the module add" exercises."""
+    from .measure import count_flops, count_params
+    from .models import resnet18
+
+    counter = {"params": count_params, "flops": count_flops}[count]
+    return counter(resnet18(width=width, **model_kw)) - counter(resnet18(width=width))
+
+
 from . import chapters as _chapters  # noqa: E402,F401  (the chapter files register their exercises)

@@ -1,7 +1,7 @@
 """A2N's attention-in-attention block on a residual branch (chapters/24_a2n.ipynb): experiment and exercises."""
 from __future__ import annotations
 
-from ..exercises import draw_int, exercise, solution
+from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
 
 A2N = Variant("a2n", {"attn": "a2n"},
@@ -29,10 +29,8 @@ def _cases(g):
 @exercise("a2n_overhead", _cases,
           "Parameters A2N adds to pl.resnet18(width) with attn_kw={'non_attention_kernel': ..., 'divisor': ...}.")
 def _a2n_overhead(width, non_attention_kernel, divisor):
-    from ..measure import count_params
-    from ..models import resnet18
     kw = {"non_attention_kernel": non_attention_kernel, "divisor": divisor}
-    return count_params(resnet18(width=width, attn="a2n", attn_kw=kw)) - count_params(resnet18(width=width))
+    return resnet18_overhead("params", width, attn="a2n", attn_kw=kw)
 
 
 @solution("a2n_overhead")
@@ -61,10 +59,8 @@ def a2n_overhead(width, non_attention_kernel, divisor):
           "Forward FLOPs (one 32x32 image, 2 x MACs of convolutions and matrix products) A2N adds to "
           "pl.resnet18(width) with attn_kw={'non_attention_kernel': ..., 'divisor': ...}.")
 def _a2n_flops(width, non_attention_kernel, divisor):
-    from ..measure import count_flops
-    from ..models import resnet18
     kw = {"non_attention_kernel": non_attention_kernel, "divisor": divisor}
-    return count_flops(resnet18(width=width, attn="a2n", attn_kw=kw)) - count_flops(resnet18(width=width))
+    return resnet18_overhead("flops", width, attn="a2n", attn_kw=kw)
 
 
 @solution("a2n_flops")

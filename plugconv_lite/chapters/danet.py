@@ -1,7 +1,7 @@
 """DANet's position and channel attention (chapters/21_danet.ipynb): the chapter's experiment and its exercises."""
 from __future__ import annotations
 
-from ..exercises import draw_int, exercise, solution
+from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
 
 DANET = Variant("danet", {"attn": "danet"},
@@ -29,10 +29,7 @@ def _overhead_cases(g):
 @exercise("danet_overhead", _overhead_cases,
           "Parameters DANet adds to pl.resnet18(width) with attn_kw={'max_resolution': max_resolution}.")
 def _danet_overhead(width, max_resolution):
-    from ..measure import count_params
-    from ..models import resnet18
-    return count_params(resnet18(width=width, attn="danet", attn_kw={"max_resolution": max_resolution})) \
-        - count_params(resnet18(width=width))
+    return resnet18_overhead("params", width, attn="danet", attn_kw={"max_resolution": max_resolution})
 
 
 @solution("danet_overhead")
@@ -66,10 +63,7 @@ def _flops_cases(g):
           "Forward FLOPs (one 32x32 image, 2 x MACs of convolutions and matrix products) DANet adds to "
           "pl.resnet18(width) with attn_kw={'max_resolution': max_resolution}.")
 def _danet_flops(width, max_resolution):
-    from ..measure import count_flops
-    from ..models import resnet18
-    return count_flops(resnet18(width=width, attn="danet", attn_kw={"max_resolution": max_resolution})) \
-        - count_flops(resnet18(width=width))
+    return resnet18_overhead("flops", width, attn="danet", attn_kw={"max_resolution": max_resolution})
 
 
 @solution("danet_flops")

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..exercises import draw_int, exercise, solution
+from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
 
 # ECA adds a few dozen parameters to ResNet-18 (the chapter measures it): no equal-budget control.
@@ -34,10 +34,8 @@ def _count_cases(g):
 @exercise("eca_overhead", _count_cases,
           "Parameters ECA adds to pl.resnet18(width): the paper's psi(C) (gamma, b), or fixed per-stage k.")
 def _eca_overhead(width, gamma, b, stage_kernel_sizes):
-    from ..measure import count_params
-    from ..models import resnet18
     kw = {"gamma": gamma, "b": b} if stage_kernel_sizes is None else {"stage_kernel_sizes": stage_kernel_sizes}
-    return count_params(resnet18(width=width, attn="eca", attn_kw=kw)) - count_params(resnet18(width=width))
+    return resnet18_overhead("params", width, attn="eca", attn_kw=kw)
 
 
 @solution("eca_overhead")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..exercises import draw_int, exercise, solution
+from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
 
 # SE changes parameters and FLOPs by under 5% (chapter 01 measures it): no equal-budget control.
@@ -23,10 +23,7 @@ def _overhead_cases(g):
 @exercise("se_overhead", _overhead_cases,
           "Parameters SE adds to pl.resnet18(width) with the given reduction and divisor.")
 def _se_overhead(width, reduction, divisor):
-    from ..measure import count_params
-    from ..models import resnet18
-    return count_params(resnet18(width=width, attn="se", attn_kw={"reduction": reduction, "divisor": divisor})) \
-        - count_params(resnet18(width=width))
+    return resnet18_overhead("params", width, attn="se", attn_kw={"reduction": reduction, "divisor": divisor})
 
 
 @solution("se_overhead")

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..exercises import draw_int, exercise, solution
+from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
 
 # SEM changes parameters and FLOPs by under 5% at width 64 (the chapter computes both): no equal-budget control.
@@ -30,10 +30,7 @@ def _overhead_cases(g):
 @exercise("sem_overhead", _overhead_cases,
           "Parameters SEM adds to pl.resnet18(width) with attn_kw={'reduction': reduction, 'divisor': divisor}.")
 def _sem_overhead(width, reduction, divisor):
-    from ..measure import count_params
-    from ..models import resnet18
-    return count_params(resnet18(width=width, attn="sem", attn_kw={"reduction": reduction, "divisor": divisor})) \
-        - count_params(resnet18(width=width))
+    return resnet18_overhead("params", width, attn="sem", attn_kw={"reduction": reduction, "divisor": divisor})
 
 
 @solution("sem_overhead")

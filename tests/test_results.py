@@ -100,7 +100,7 @@ def test_experiment_writes_a_record_and_reuses_it(tmp_path):
     assert len(files) == 1 and files[0].parent.parts[-2:] == ("synthetic", "smoke")
     assert rec["variant"] == "se" and rec["data"]["source"] == "synthetic" and rec["chapters"] == ["se"]
     assert rec["cost"]["params"] > 0 and rec["cost"]["flops"] > 0 and len(rec["history"]) == 1
-    assert rec["cost"]["latency_ms"] > 0 and rec["cost"]["latency_b256_ms"] > 0
+    assert rec["cost"]["latency_ms"] > 0 and rec["cost"]["latency_b256_ms"] is None  # smoke: batch 1, briefly
     assert rec["cost"]["latency_dtype"] == "float32" and rec["cost"]["latency_folded"]  # bf16 on a GPU only
     assert rec["throughput"]["first_step_s"] > 0 and not rec["throughput"]["compiled"]
     assert "plugconv_lite/attention/se.py" in rec["code"]["files"] and rec["code"]["sha"]

@@ -8,12 +8,18 @@ a constructor contract (see DESIGN.md):
   **hparams)``, a drop-in for a k x k ``nn.Conv2d``;
 * ``attention``: ``(channels, **hparams)``, shape in = shape out;
 * ``block``: ``(in_channels, out_channels, stride=1, **hparams)``, a residual block.
+
+Two hooks connect modules to the trainer without the module knowing the trainer: a module whose behaviour follows
+the training schedule defines ``set_progress(p)`` (``set_progress`` below calls it on every such module), and a
+module that adds a term to the training loss (DGC's group lasso) defines ``aux_loss()`` (``aux_loss`` below sums
+them; the trainer adds the sum to the loss every step and logs it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import torch
 import torch.nn as nn
 
 KINDS = ("conv", "attention", "block")
@@ -99,3 +105,26 @@ def set_progress(model: nn.Module, p: float) -> None:
         raise ValueError(f"p={p} must be in [0, 1]")
     for m in progress_modules(model):
         m.set_progress(p)
+
+
+def aux_loss_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules that add a term to the training loss (they define ``aux_loss()``)."""
+    return [m for m in model.modules() if callable(getattr(m, "aux_loss", None))]
+
+
+def aux_loss(model: nn.Module, modules: Optional[list[nn.Module]] = None) -> Optional[torch.Tensor]:
+    """The sum of the loss terms of ``model``'s modules, or None if none has one.
+
+    The contract of ``aux_loss()`` on a module: it returns the term of its latest forward pass in training mode (a
+    scalar tensor that carries its graph, already weighted by the module's own coefficient, e.g. DGC's
+    ``lasso_lambda``) and forgets it, so a term is counted once and no graph outlives its step; it returns None when
+    there is no such term (no training forward since the last call). ``modules`` (from ``aux_loss_modules``) saves
+    walking the model every step.
+    """
+    terms = [t for m in (aux_loss_modules(model) if modules is None else modules) if (t := m.aux_loss()) is not None]
+    if not terms:
+        return None
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total

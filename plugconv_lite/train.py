@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .data import Dataset, DeviceLoader, process_alive
 from .profiles import Profile
-from .registry import set_progress
+from .registry import aux_loss, aux_loss_modules, set_progress
 
 CHECKPOINT_VERSION = 2
 _MAGIC = b"plugconv-lite checkpoint sha256="   # then the payload's sha256 in hex and a newline, then torch.save bytes
@@ -207,6 +207,11 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
     ``data`` should already be the subset the profile asks for (``experiments`` takes care of that). With
     ``checkpoint`` the state is saved atomically after every epoch and an existing checkpoint is resumed.
     ``on_step(step)`` is called after every optimizer step (tests use it to interrupt a run).
+
+    Modules that follow the schedule get ``set_progress(step / total_steps)`` before every step; modules that add a
+    loss term (``aux_loss()``, see ``registry.aux_loss``) have it added to the cross-entropy every step, and the
+    history then has an ``aux_loss`` column (the term's mean over the epoch's steps; ``train_loss`` stays the
+    cross-entropy alone). A model without such modules trains exactly as it would without this machinery.
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
@@ -233,6 +238,7 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=profile.label_smoothing)
     step_model = torch.compile(model, dynamic=False) if (profile.compile and cuda) else model
+    aux_modules = aux_loss_modules(model)  # found once: the model's structure does not change while it trains
 
     history: list[dict] = []
     start_epoch, step = 0, 0
@@ -252,8 +258,9 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
     for epoch in range(start_epoch, profile.epochs):
         model.train()
         loss_sum = torch.zeros((), device=device)
+        aux_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        seen = 0
+        seen = steps = 0
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -264,14 +271,19 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = step_model(xb)
-                loss = criterion(out, yb)
+                loss = objective = criterion(out, yb)
+                aux = aux_loss(model, aux_modules) if aux_modules else None
+                if aux is not None:
+                    objective = loss + aux
+                    aux_sum += aux.detach().float()
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(objective).backward()
             scaler.step(optimizer)
             scaler.update()
             loss_sum += loss.detach() * len(yb)
             correct += (out.detach().argmax(1) == yb).sum()
             seen += len(yb)
+            steps += 1
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -284,6 +296,8 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen,
                "train_acc": 100 * correct.item() / seen, "train_images": seen, "train_time_s": train_time,
                "images_per_s": seen / train_time}
+        if aux_modules:
+            row["aux_loss"] = aux_sum.item() / steps
         row.update(evaluate(model, test_loader, dtype))
         history.append(row)
         if progress:

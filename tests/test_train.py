@@ -203,3 +203,53 @@ def test_sgd_is_fused_on_a_gpu_only():
     from plugconv_lite.train import fused_kw
     assert fused_kw(torch.device("cpu")) == {}
     assert fused_kw(torch.device("cuda")) == {"fused": True}  # torch >= 2.4 has a fused SGD
+
+
+class _Penalised(nn.Module):
+    """Identity with a loss term: lam * ||w||^2 of a parameter the cross-entropy never sees."""
+
+    def __init__(self, lam):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+        self.lam, self._term, self.forwards = lam, None, 0
+
+    def forward(self, x):
+        if self.training and torch.is_grad_enabled():
+            self._term = self.lam * self.w.pow(2).sum()
+            self.forwards += 1
+        return x
+
+    def aux_loss(self):
+        term, self._term = self._term, None
+        return term
+
+
+def test_aux_loss_of_a_module_is_added_to_the_objective_and_logged(tiny_data):
+    """The trainer collects every module's aux_loss() each step: the parameter only that term reaches is driven
+    towards 0, the history logs the term's mean, and train_loss stays the cross-entropy alone."""
+    model = _model()
+    model.layer1[0].attn = _Penalised(lam=1.0)
+    history = train(model, tiny_data, TINY.with_(epochs=2), progress=False)
+    w = model.layer1[0].attn.w.detach()
+    assert float(w.abs().max()) < 0.9  # started at 1; weight decay alone would leave ~0.999 after 16 steps
+    assert "aux_loss" in history[0] and history[1]["aux_loss"] < history[0]["aux_loss"]
+    assert model.layer1[0].attn.aux_loss() is None  # every term was read by the trainer
+
+
+def test_a_model_without_loss_terms_trains_exactly_as_before(tiny_data):
+    """A module that defines aux_loss() but returns None adds nothing: the run is bitwise that of the bare model."""
+    class Silent(nn.Module):
+        def forward(self, x):
+            return x
+
+        def aux_loss(self):
+            return None
+
+    plain, silent = _model(), _model()
+    silent.layer1[0].attn = Silent()
+    a = train(plain, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    b = train(silent, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    assert _strip_times(a) == [{k: v for k, v in r.items() if k != "aux_loss"} for r in _strip_times(b)]
+    for p, q in zip(plain.parameters(), silent.parameters()):
+        assert torch.equal(p, q)
+    assert "aux_loss" not in a[0]

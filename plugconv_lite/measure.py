@@ -223,6 +223,23 @@ def compare(models: Mapping[str, nn.Module], baseline: Optional[str] = None, inp
     return df
 
 
+class PerSampleLoop(nn.Module):
+    """``module`` applied to one sample at a time, the outputs concatenated: the loop a per-sample-kernel module
+    must NOT run. Timed against the module itself with ``compare`` (interleaved rounds), it measures what folding
+    the batch into the groups of one convolution buys::
+
+        pl.compare({"batched": m, "loop": PerSampleLoop(m)}, input_size=(64, 64, 32, 32))
+
+    It shares ``module``'s parameters (no copy), so its outputs equal the module's sample by sample."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.module(x[i:i + 1]) for i in range(x.shape[0])])
+
+
 def latency_statement(df, name: str) -> str:
     """One sentence on ``name``'s latency against the baseline of ``compare``'s table: a ratio where every
     interleaved round agrees on its direction, otherwise that the difference is inside the timing noise."""

@@ -102,3 +102,23 @@ def test_latency_statement_calls_an_interval_containing_one_noise():
     df.attrs.update(baseline="base", rounds=7)
     assert "no latency difference beyond the timing noise" in pl.latency_statement(df, "same")
     assert pl.latency_statement(df, "slow").startswith("slow takes x1.80 the latency of base (cpu, batch 16;")
+
+
+def test_per_sample_loop_equals_the_module_and_costs_one_call_per_sample():
+    from plugconv_lite.measure import PerSampleLoop
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.calls = nn.Conv2d(3, 4, 3, padding=1), 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.conv(x)
+
+    m = Counting()
+    loop = PerSampleLoop(m)
+    x = torch.randn(5, 3, 6, 6)
+    torch.testing.assert_close(loop(x), m(x))
+    assert m.calls == 5 + 1
+    assert pl.count_params(loop) == pl.count_params(m)  # shares the module's parameters

@@ -120,3 +120,9 @@ def test_build_by_name():
     assert isinstance(pl.build_model("resnet20"), CifarResNet)
     with pytest.raises(ValueError, match="backbone='vgg'"):
         pl.build_model("vgg")
+
+
+def test_conv_where_layer_preset_plugs_one_stage_only():
+    model = pl.resnet18(width=8, conv="drconv", conv_where="layer3")
+    plugged = {n for n, m in model.named_modules() if type(m).__name__ == "DRConv2d"}
+    assert plugged == {f"layer3.{j}.conv{c}" for j in range(2) for c in (1, 2)}

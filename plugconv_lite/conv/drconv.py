@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from .._validate import check_int
 from ..registry import register
-from ._dynamic import per_sample_conv
 from .base import ConvBase
 
 
@@ -79,29 +78,35 @@ class DRConv2d(ConvBase):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def region_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """The generated kernels W (B, m, O, C/g, k, k): per sample, m mixtures of the n basis kernels."""
-        B, C = x.shape[:2]
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's mixing weights a = 2 sigmoid(fc(GAP(x))) / n, shape (B, m, n)."""
         a = 2.0 * torch.sigmoid(self.generator(x.mean(dim=(2, 3)))) / self.num_bases
-        return torch.einsum("bjs,s...->bj...", a.reshape(B, self.regions, self.num_bases), self.basis)
+        return a.reshape(x.shape[0], self.regions, self.num_bases)
+
+    def region_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The generated kernels W (B, m, O, C/g, k, k): per sample, m mixtures of the n basis kernels. (The forward
+        pass never builds them; see ``forward``.)"""
+        return torch.einsum("bjs,s...->bj...", self.routing(x), self.basis)
 
     def region_map(self, x: torch.Tensor) -> torch.Tensor:
         """The guided mask M (B, H', W'): the region (0 ... m-1) whose kernel computes each output pixel."""
         return self.guide(x).argmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B = x.shape[0]
-        m, O, g = self.regions, self.out_channels, self.groups
-        W = self.region_kernels(x)
-        if g > 1:  # group i of the folded conv must hold every region's filters of output group i
-            W = W.reshape(B, m, g, O // g, *W.shape[3:]).transpose(1, 2)
-        Y = per_sample_conv(x, W.reshape(B, m * O, *W.shape[-3:]), None, self.stride, self.padding,
-                            self.dilation, g)
-        if g > 1:
-            Y = Y.reshape(B, g, m, O // g, *Y.shape[-2:]).transpose(1, 2)
-        Y = Y.reshape(B, m, O, *Y.shape[-2:])
+        # Y_p = W_{M_p} X_p = sum_s a[M_p, s] (basis_s * X)_p: convolution is linear in the kernel, so the n basis
+        # convolutions Z_s are computed once for the whole batch (one ordinary conv with n x O filters, no per-sample
+        # kernels) and mixed per pixel with c[s, p] = sum_j M[j, p] a[j, s]. Gradients are those of the per-pixel
+        # form: through M's straight-through term the guide gets <dL/dY_p, W_j X_p> for every region j.
+        n, O, g = self.num_bases, self.out_channels, self.groups
+        basis = self.basis
+        if g > 1:  # group i of the conv must hold every basis kernel's filters of output group i
+            basis = basis.reshape(n, g, O // g, *basis.shape[2:]).transpose(0, 1)
+        Z = F.conv2d(x, basis.reshape(n * O, *basis.shape[-3:]), None, self.stride, self.padding, self.dilation, g)
+        B, _, H, W = Z.shape
+        Z = Z.reshape(B, g, n, O // g, H, W).transpose(1, 2) if g > 1 else Z
         M = region_mask(self.guide(x))                       # (B, m, H', W'), one-hot in the forward pass
-        y = (Y * M.unsqueeze(2).to(Y.dtype)).sum(dim=1)
+        c = torch.einsum("bjhw,bjs->bshw", M, self.routing(x).to(M.dtype))
+        y = (Z.reshape(B, n, O, H, W) * c.unsqueeze(2).to(Z.dtype)).sum(dim=1)
         return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
 
     @torch.no_grad()

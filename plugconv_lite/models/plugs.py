@@ -62,6 +62,9 @@ _WHERE_PRESETS: dict[str, Callable[[PlugSite], bool]] = {
     "unstrided": lambda s: s.stride == 1 and s.kernel_size > 1 and s.role != "stem",
     "all": lambda s: True,
 }
+# one stage's k x k convs ("layer3": ResNet's layer3, stage index 2): for a module too costly for every stage
+_WHERE_PRESETS.update({f"layer{i + 1}": (lambda s, i=i: s.stage == i and s.kernel_size > 1 and s.role != "stem")
+                       for i in range(4)})
 
 
 def where_predicate(where: Where) -> Callable[[PlugSite], bool]:

@@ -1,4 +1,4 @@
-"""DRConv. Chen, Wang, Guo, Zhang, Sun: "Dynamic Region-Aware Convolution", CVPR 2021, arXiv 2003.07591.
+"""DRConv. Chen, Wang, Guo, Zhang, Sun: "Dynamic Region-Aware Convolution", CVPR 2021, arXiv 2003.12243.
 
 A convolution with m kernels instead of one. A guide convolution splits the output map into m regions (at every
 pixel, the argmax over m guide channels), and every region is convolved with its own kernel, generated per sample
@@ -32,7 +32,7 @@ def region_mask(F_guide: torch.Tensor) -> torch.Tensor:
     return onehot + (A - A.detach())
 
 
-@register("drconv", "conv", paper="Dynamic Region-Aware Convolution", year=2021, arxiv="2003.07591")
+@register("drconv", "conv", paper="Dynamic Region-Aware Convolution", year=2021, arxiv="2003.12243")
 class DRConv2d(ConvBase):
     """Y[b, :, p] = W_{b, M[b, p]} * X[b, :, N(p)] + bias,   M[b, p] = argmax_j F[b, j, p],   F = guide(X).
 
@@ -65,7 +65,9 @@ class DRConv2d(ConvBase):
         self.guide = nn.Conv2d(C, regions, self.kernel_size, self.stride, self.padding, self.dilation, bias=False,
                                **dd)
         self.generator = nn.Linear(C, regions * num_bases, **dd)
-        self.basis = nn.Parameter(torch.empty(num_bases, O, C // g, *self.kernel_size, **dd))
+        # the n basis kernels stacked as one 4-D conv weight (n O, C/g, k, k): a module holding a 5-D parameter
+        # cannot be converted with .to(memory_format=torch.channels_last), as the trainer does
+        self.basis = nn.Parameter(torch.empty(num_bases * O, C // g, *self.kernel_size, **dd))
         self.bias = nn.Parameter(torch.empty(O, **dd)) if self.use_bias else None
         self.reset_parameters()
 
@@ -86,7 +88,8 @@ class DRConv2d(ConvBase):
     def region_kernels(self, x: torch.Tensor) -> torch.Tensor:
         """The generated kernels W (B, m, O, C/g, k, k): per sample, m mixtures of the n basis kernels. (The forward
         pass never builds them; see ``forward``.)"""
-        return torch.einsum("bjs,s...->bj...", self.routing(x), self.basis)
+        V = self.basis.reshape(self.num_bases, self.out_channels, *self.basis.shape[1:])
+        return torch.einsum("bjs,s...->bj...", self.routing(x), V)
 
     def region_map(self, x: torch.Tensor) -> torch.Tensor:
         """The guided mask M (B, H', W'): the region (0 ... m-1) whose kernel computes each output pixel."""
@@ -100,8 +103,8 @@ class DRConv2d(ConvBase):
         n, O, g = self.num_bases, self.out_channels, self.groups
         basis = self.basis
         if g > 1:  # group i of the conv must hold every basis kernel's filters of output group i
-            basis = basis.reshape(n, g, O // g, *basis.shape[2:]).transpose(0, 1)
-        Z = F.conv2d(x, basis.reshape(n * O, *basis.shape[-3:]), None, self.stride, self.padding, self.dilation, g)
+            basis = basis.reshape(n, g, O // g, *basis.shape[1:]).transpose(0, 1).reshape(n * O, *basis.shape[1:])
+        Z = F.conv2d(x, basis, None, self.stride, self.padding, self.dilation, g)
         B, _, H, W = Z.shape
         Z = Z.reshape(B, g, n, O // g, H, W).transpose(1, 2) if g > 1 else Z
         M = region_mask(self.guide(x))                       # (B, m, H', W'), one-hot in the forward pass
@@ -114,7 +117,7 @@ class DRConv2d(ConvBase):
         """Compute the plain conv with ``weight`` exactly: a = 2 sigmoid(0) / n = 1/n, so every region's kernel
         is the mean of n copies of ``weight``, whatever region the guide picks."""
         self.check_conv_weights(weight, bias)
-        self.basis.copy_(weight.unsqueeze(0).expand_as(self.basis))
+        self.basis.copy_(weight.repeat(self.num_bases, 1, 1, 1))
         self.generator.weight.zero_()
         self.generator.bias.zero_()
         if bias is not None:

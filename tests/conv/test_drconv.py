@@ -24,7 +24,7 @@ def _official_kernels(m, x):
     weight = m.basis.reshape(m.num_bases, -1).T                       # the official layout (O*C/g*k*k, num_W)
     x_se = 2.0 * torch.sigmoid(F.linear(x.mean(dim=(2, 3)), m.generator.weight, m.generator.bias)) / m.num_bases
     W = F.linear(x_se.reshape(-1, m.num_bases), weight)
-    return W.reshape(B, m.regions, *m.basis.shape[1:])
+    return W.reshape(B, m.regions, m.out_channels, *m.basis.shape[1:])
 
 
 def _dense(w, groups):
@@ -101,7 +101,7 @@ def test_guide_gets_the_softmax_straight_through_gradient():
     basis = m.basis.detach().clone().requires_grad_(True)
     onehot = F.one_hot(hard, 3).permute(0, 3, 1, 2).double()
     a = 2 * torch.sigmoid(m.generator(x.mean(dim=(2, 3)))).detach() / m.num_bases
-    K = torch.einsum("bjs,s...->bj...", a.reshape(2, 3, 2), basis)
+    K = torch.einsum("bjs,s...->bj...", a.reshape(2, 3, 2), basis.reshape(2, 4, 6, 3, 3))
     Y = torch.stack([torch.stack([F.conv2d(x[b:b + 1], K[b, j], padding=1)[0] for j in range(3)]) for b in range(2)])
     ((Y * onehot.unsqueeze(2)).sum(1) * G).sum().backward()
     torch.testing.assert_close(m.basis.grad, basis.grad, rtol=1e-10, atol=1e-12)
@@ -126,3 +126,10 @@ def test_load_conv_weights_computes_the_plain_conv_whatever_the_mask():
 def test_bad_hyperparameters_raise_naming_them(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         DRConv2d(8, 8, 3, **bad)
+
+
+def test_a_network_with_drconv_converts_to_channels_last():
+    """The trainer converts the model with .to(memory_format=torch.channels_last), which refuses 5-D parameters."""
+    model = torch.nn.Sequential(DRConv2d(4, 8, 3), torch.nn.BatchNorm2d(8)).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 6, 6).to(memory_format=torch.channels_last)
+    assert model(x).shape == (2, 8, 6, 6)

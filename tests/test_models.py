@@ -120,3 +120,12 @@ def test_build_by_name():
     assert isinstance(pl.build_model("resnet20"), CifarResNet)
     with pytest.raises(ValueError, match="backbone='vgg'"):
         pl.build_model("vgg")
+
+
+@pytest.mark.parametrize("where,stages,count", [("stages2-4", [16, 8, 4], 12), ("stages3-4", [8, 4], 8)])
+def test_later_stage_presets_plug_only_the_block_convs_of_those_stages(where, stages, count):
+    sites = []
+    pl.resnet18(width=8, conv="conv2d", conv_where=where,
+                conv_kw=lambda site: sites.append(site) or {})
+    assert len(sites) == count and all(s.kernel_size == 3 and s.role != "stem" for s in sites)
+    assert sorted({s.out_resolution for s in sites}, reverse=True) == stages

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
@@ -53,46 +52,45 @@ def dcd_overhead(width):
     return total
 
 
-# Exercise 2: the paper's sparse dynamic residual (block-diagonal Phi) -----------------------------------------------
+# Exercise 2: DY-CNN written as a decomposition (the paper's view: attention over channel groups in a K*C space) ---
 
-def _sparse_cases(g):
+def _dyconv_cases(g):
     cases = []
-    for B, C, O, L, G, H, stride in [(2, 6, 8, 4, 2, 5, 1), (1, 8, 4, 6, 3, 6, 2), (3, 4, 4, 4, 1, 4, 1),
-                                     (2, 10, 6, 8, 4, 7, 2), (1, 3, 5, 2, 2, 3, 1)]:
-        cases.append(dict(x=torch.randn(B, C, H, H, generator=g), W0=torch.randn(O, C, 3, 3, generator=g) / 3,
-                          Qt=torch.randn(L, C, generator=g), P=torch.randn(O, L, generator=g),
-                          Lam=2 * torch.rand(B, O, generator=g),
-                          Phi_blocks=torch.randn(B, G, L // G, L // G, generator=g), stride=stride))
+    for B, K, O, C in [(2, 4, 6, 5), (3, 2, 4, 4), (1, 3, 2, 7), (2, 1, 3, 3), (4, 5, 8, 2)]:
+        pi = torch.softmax(torch.randn(B, K, generator=g), dim=1)
+        cases.append(dict(W=torch.randn(K, O, C, generator=g), pi=pi))
     return cases
 
 
-@exercise("dcd_sparse_residual", _sparse_cases,
-          "y = conv2d(x, W(x)) per sample with W(x) = Lambda W0 + P blockdiag(Phi) Q^T, the residual at the 3x3 "
-          "kernel's centre, padding 1, the given stride.")
-def _dcd_sparse_residual(x, W0, Qt, P, Lam, Phi_blocks, stride):
+@exercise("dyconv_decomposition", _dyconv_cases,
+          "(W0, P, Phi): W0 = mean_k W_k (O, C); P = [W_1 - W0, ..., W_K - W0] (O, K*C); Phi (B, K*C, K*C) "
+          "block-diagonal with pi_bk I_C, so that W0 + P Phi_b Q^T = sum_k pi_bk W_k for Q^T = [I_C; ...; I_C].")
+def _dyconv_decomposition(W, pi):
     from ..conv.dcd import DCDConv2d
-    O, C = W0.shape[:2]
-    L = Qt.shape[0]
-    m = DCDConv2d(C, O, 3, stride, latent=L, norm=False, identity=False)
+    K, O, C = W.shape
+    W0 = W.mean(dim=0)
+    P = (W - W0).permute(1, 0, 2).reshape(O, K * C)
+    Phi = torch.diag_embed(pi.repeat_interleave(C, dim=1))
+    # the library's dense kernel of a paper-form DCD holding these tensors is DY-CNN's aggregated kernel
+    m = DCDConv2d(C, O, 1, latent=K * C, norm=False, identity=False, dtype=W.dtype)
     with torch.no_grad():
-        m.W0.copy_(W0), m.Q.copy_(Qt[:, :, None, None]), m.P.copy_(P[:, :, None, None])
-    Phi = torch.stack([torch.block_diag(*blocks) for blocks in Phi_blocks])
-    m.attention = lambda _: (Lam, Phi)
+        m.W0.copy_(W0[:, :, None, None]), m.P.copy_(P[:, :, None, None])
+        m.Q.copy_(torch.eye(C, dtype=W.dtype).repeat(K, 1)[:, :, None, None])
+    m.attention = lambda _: (torch.ones(pi.shape[0], O, dtype=W.dtype), Phi)
     with torch.no_grad():
-        return m(x)
+        Wx = m.dense_kernel(torch.zeros(pi.shape[0], C, 1, 1, dtype=W.dtype))[0][..., 0, 0]
+    torch.testing.assert_close(Wx, torch.einsum("bk,koc->boc", pi, W))
+    return W0, P, Phi
 
 
-@solution("dcd_sparse_residual")
-def dcd_sparse_residual(x, W0, Qt, P, Lam, Phi_blocks, stride):
-    B, G, n, _ = Phi_blocks.shape
-    L = G * n
-    outs = []
+@solution("dyconv_decomposition")
+def dyconv_decomposition(W, pi):
+    K, O, C = W.shape
+    B = pi.shape[0]
+    W0 = W.sum(dim=0) / K
+    P = torch.cat([W[k] - W0 for k in range(K)], dim=1)      # block k: columns k*C ... (k+1)*C - 1
+    Phi = torch.zeros(B, K * C, K * C)
     for b in range(B):
-        Phi = torch.zeros(L, L)
-        for j in range(G):                                      # the G blocks on the diagonal
-            Phi[j * n:(j + 1) * n, j * n:(j + 1) * n] = Phi_blocks[b, j]
-        W = Lam[b][:, None, None, None] * W0                    # Lambda W0
-        W = W.clone()
-        W[:, :, 1, 1] += P @ Phi @ Qt                            # + P Phi Q^T at the centre tap
-        outs.append(F.conv2d(x[b:b + 1], W, None, stride, 1))
-    return torch.cat(outs)
+        for k in range(K):
+            Phi[b, k * C:(k + 1) * C, k * C:(k + 1) * C] = pi[b, k] * torch.eye(C)
+    return W0, P, Phi

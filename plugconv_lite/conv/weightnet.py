@@ -96,10 +96,9 @@ class WeightNet2d(ConvBase):
         """The grouped FC: activations (B, M O) -> kernels (B, O, C/g, kh, kw)."""
         B, GO, m = a.shape[0], self.G * self.out_channels, self.M // self.G
         W_2 = self.W_2.reshape(GO, self.filter_size // self.G, m)
-        if m == 1:  # one activation per group scales its slice: a broadcast product, no matmul
-            W = a.reshape(B, GO, 1) * W_2.reshape(1, GO, -1)
-        else:       # one small matmul per group, batched over the G O groups
-            W = torch.einsum("bjm,jnm->bjn", a.reshape(B, GO, m), W_2)
+        # one small matmul per group, batched over the G O groups; bmm even for M/G = 1, where einsum would turn it
+        # into a broadcast product that FLOP counters do not see
+        W = torch.bmm(a.reshape(B, GO, m).transpose(0, 1), W_2.transpose(1, 2)).transpose(0, 1)  # (B, G O, n/G)
         return W.reshape(B, self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def kernel(self, x: torch.Tensor) -> torch.Tensor:

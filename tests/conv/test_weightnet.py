@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from contract import check_compile_and_export, check_conv_shapes, check_gradients
 from plugconv_lite.conv import WeightNet2d
-from plugconv_lite.measure import count_params
+from plugconv_lite.measure import count_flops, count_params
 
 D = torch.float64
 
@@ -127,6 +127,16 @@ def test_parameter_count_formula(C, O, k, groups, M, G, bias):
     C_gap, n = max(16, C // 16), C // groups * k * k
     expected = (C * C_gap + C_gap) + (C_gap * M * O + M * O) + M * O * n // G + (O if bias else 0)
     assert count_params(m) == expected
+
+
+@pytest.mark.parametrize("M,G,stride", [(2, 2, 1), (1, 1, 1), (4, 2, 2), (8, 1, 1)])
+def test_flop_count_includes_the_generator_for_every_M_over_G(M, G, stride):
+    """2 x MACs of the two FCs, the grouped FC (M O n / G per sample, also when M/G = 1) and the convolution."""
+    B, C, O, H = 3, 32, 16, 8
+    m = WeightNet2d(C, O, 3, stride, M=M, G=G)
+    C_gap, n, Hp = 16, C * 9, (H - 1) // stride + 1
+    expected = 2 * B * (C * C_gap + C_gap * M * O + M * O * n // G + O * n * Hp * Hp)
+    assert count_flops(m, (B, C, H, H)) == expected
 
 
 @pytest.mark.parametrize("weight_init,M,G", [("default", 2, 2), ("fan_out", 2, 2), ("fan_out", 8, 2),

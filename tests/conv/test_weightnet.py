@@ -179,3 +179,18 @@ def test_bad_hyperparameters_raise_naming_the_parameter(kwargs, name):
 def test_extra_repr_names_the_knobs():
     r = repr(WeightNet2d(64, 32, 3, M=4, G=2))
     assert "M=4, G=2, gap_channels=16" in r
+
+
+def test_the_librarys_condconv_loads_into_M_equals_K_G_1(rng):
+    """CondConv2d (condconv) transplanted: route -> W_r's first K rows, tied W_1, experts -> W_2's columns."""
+    from plugconv_lite.conv import CondConv2d
+    C, O, K = 16, 8, 4
+    cc = _randomise(CondConv2d(C, O, 3, 2, num_experts=K, dtype=D), rng)
+    m = WeightNet2d(C, O, 3, 2, M=K, G=1, dtype=D)
+    with torch.no_grad():
+        m.reduce.weight.zero_(), m.reduce.bias.zero_()
+        m.reduce.weight[:K], m.reduce.bias[:K] = cc.route.weight, cc.route.bias
+        m.fc1.weight.copy_(torch.eye(K, m.gap_channels, dtype=D).repeat(O, 1)), m.fc1.bias.zero_()
+        m.W_2.copy_(cc.weight.permute(1, 2, 3, 4, 0).reshape(-1, K))
+    x = torch.randn(3, C, 9, 7, generator=rng, dtype=D)
+    torch.testing.assert_close(m(x), cc(x), rtol=0, atol=1e-12)

@@ -57,7 +57,7 @@ def weightnet_start_as_conv(weight, b_1, M, G):
 # Exercise 2: how many kernels can the grouped FC generate? The dimension of their span ----------------------------
 
 def _span_cases(g):
-    cases = [dict(C=16, O=8, k=3, groups=1, M=2, G=2), dict(C=4, O=3, k=1, groups=1, M=8, G=2),
+    cases = [dict(C=16, O=12, k=3, groups=1, M=2, G=2), dict(C=4, O=3, k=1, groups=1, M=8, G=2),
              dict(C=8, O=8, k=3, groups=8, M=4, G=1)]
     for _ in range(5):
         G = [1, 2, 3][draw_int(g, 0, 2)]

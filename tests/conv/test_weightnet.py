@@ -191,6 +191,6 @@ def test_the_librarys_condconv_loads_into_M_equals_K_G_1(rng):
         m.reduce.weight.zero_(), m.reduce.bias.zero_()
         m.reduce.weight[:K], m.reduce.bias[:K] = cc.route.weight, cc.route.bias
         m.fc1.weight.copy_(torch.eye(K, m.gap_channels, dtype=D).repeat(O, 1)), m.fc1.bias.zero_()
-        m.W_2.copy_(cc.weight.permute(1, 2, 3, 4, 0).reshape(-1, K))
+        m.W_2.copy_(cc.weight.T)  # experts stored (K, O n): W_2 is their transpose
     x = torch.randn(3, C, 9, 7, generator=rng, dtype=D)
     torch.testing.assert_close(m(x), cc(x), rtol=0, atol=1e-12)

@@ -9,8 +9,9 @@ from .psconv import MaskedPSConv2d, PSConv2d
 from .pyconv import PyConv2d
 from .scconv import SCConv2d
 from .spdconv import SPDConv2d, depth_to_space, space_to_depth
+from .weightnet import WeightNet2d
 
 __all__ = ["C2spConv2d", "CondConv2d", "Conv2d", "ConvArgs", "ConvBase", "DCDConv2d", "DOConv2d", "DynamicConv2d",
-           "ExpertConv2d", "ICConv2d", "MaskedPSConv2d", "PSConv2d", "PyConv2d", "SCConv2d", "SPDConv2d", "conv_args",
-           "depth_to_space", "parse_pattern", "pattern_counts", "pattern_to_json", "patterns_from_zoo",
-           "preset_pattern", "same_padding", "space_to_depth"]
+           "ExpertConv2d", "ICConv2d", "MaskedPSConv2d", "PSConv2d", "PyConv2d", "SCConv2d", "SPDConv2d",
+           "WeightNet2d", "conv_args", "depth_to_space", "parse_pattern", "pattern_counts", "pattern_to_json",
+           "patterns_from_zoo", "preset_pattern", "same_padding", "space_to_depth"]

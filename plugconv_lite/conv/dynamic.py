@@ -10,6 +10,8 @@ DY-CNN a softmax over the K kernels, divided by a temperature that is annealed f
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,9 +26,12 @@ from .base import ConvBase
 class ExpertConv2d(ConvBase):
     """The part CondConv and DY-CNN share: K expert kernels, their aggregation, and the per-sample convolution.
 
-    ``weight`` (K, O, C/g, kh, kw) and ``bias`` (K, O) hold the experts, each initialised as if it were its own conv
-    (``weight_init``, see ``conv/_init.py``; "fan_out" is TF CondConv-EfficientNet's kernel initializer). Subclasses
-    define ``routing(x) -> r`` of shape (B, K)."""
+    ``weight`` (K, O * C/g * kh * kw) holds the experts flattened, one row each, as the official TF layer and timm
+    store them (``experts`` views them as (K, O, C/g, kh, kw)); ``bias`` (K, O). A 2-d parameter, not a 5-d one:
+    ``model.to(memory_format=torch.channels_last)`` converts every 4-d tensor and refuses a 5-d one, so a 5-d
+    parameter would stop the whole network from going channels-last (the trainer's default on a GPU). Each expert is
+    initialised as if it were its own conv (``weight_init``, see ``conv/_init.py``; "fan_out" is TF
+    CondConv-EfficientNet's kernel initializer). Subclasses define ``routing(x) -> r`` of shape (B, K)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=None, dilation=1,
                  groups: int = 1, bias: bool = False, num_experts: int = 4, weight_init: str = "fan_out",
@@ -35,15 +40,21 @@ class ExpertConv2d(ConvBase):
         self.num_experts = K = check_int("num_experts", num_experts, min_value=1)
         self.weight_init = check_weight_init(weight_init)
         fk = dict(device=device, dtype=dtype)
-        self.weight = nn.Parameter(torch.empty(K, self.out_channels, self.in_channels // self.groups,
-                                               *self.kernel_size, **fk))
+        self.expert_shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(K, math.prod(self.expert_shape), **fk))
         self.bias = nn.Parameter(torch.empty(K, self.out_channels, **fk)) if self.use_bias else None
 
     def reset_parameters(self) -> None:
+        W = self.experts
         for k in range(self.num_experts):  # one fan per expert, not one over the stacked (K, O, ...) tensor
-            init_weight(self.weight[k], self.weight_init)
+            init_weight(W[k], self.weight_init)
             if self.bias is not None:
-                init_bias(self.bias[k], self.weight[k])
+                init_bias(self.bias[k], W[k])
+
+    @property
+    def experts(self) -> torch.Tensor:
+        """The expert kernels W_1 ... W_K as a (K, O, C/g, kh, kw) view of ``weight``."""
+        return self.weight.view(self.num_experts, *self.expert_shape)
 
     def routing(self, x: torch.Tensor) -> torch.Tensor:
         """The expert weights r(x), shape (B, K); defined by the subclass."""
@@ -52,8 +63,7 @@ class ExpertConv2d(ConvBase):
     def aggregate(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-sample kernels W(x) = sum_k r_k W_k (B, O, C/g, kh, kw) and biases (B, O), as matrix products (which
         FLOP counters see: 2 B K O (C/g) kh kw FLOPs)."""
-        K = self.num_experts
-        W = (r @ self.weight.reshape(K, -1)).reshape(r.shape[0], *self.weight.shape[1:])
+        W = (r @ self.weight).reshape(r.shape[0], *self.expert_shape)
         b = None if self.bias is None else r @ self.bias
         return W, b
 
@@ -167,7 +177,7 @@ class DynamicConv2d(AnnealedTemperature, ExpertConv2d):
     def load_conv_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "DynamicConv2d":
         """Every expert := ``weight`` (and ``bias``): sum_k pi_k W_k = W for any attention pi."""
         self.check_conv_weights(weight, bias)
-        self.weight.copy_(weight.expand_as(self.weight))
+        self.weight.copy_(weight.reshape(1, -1).expand_as(self.weight))
         if bias is not None:
             self.bias.copy_(bias.expand_as(self.bias))
         return self

@@ -40,7 +40,7 @@ def _official_equations(m, x):
             z = m.fc2.weight @ torch.relu(m.fc1.weight @ g) + m.fc2.bias
             r = torch.exp(z / m.T - (z / m.T).max())
             r = r / r.sum()
-        W = sum(r[k] * m.weight[k] for k in range(m.num_experts))
+        W = sum(r[k] * m.experts[k] for k in range(m.num_experts))
         b = None if m.bias is None else sum(r[k] * m.bias[k] for k in range(m.num_experts))
         out.append(F.conv2d(xb[None], W, b, m.stride, m.padding, m.dilation, m.groups))
     return torch.cat(out)
@@ -62,7 +62,7 @@ def test_conv_with_the_aggregated_kernel_equals_the_weighted_sum_of_the_experts_
     m = _make(cls, 8, 12, stride, groups, bias)
     x = torch.randn(4, 8, 9, 7, dtype=torch.float64)
     r = m.routing(x)
-    experts = torch.stack([F.conv2d(x, m.weight[k], None if m.bias is None else m.bias[k], m.stride, m.padding,
+    experts = torch.stack([F.conv2d(x, m.experts[k], None if m.bias is None else m.bias[k], m.stride, m.padding,
                                     m.dilation, m.groups) for k in range(m.num_experts)], 1)  # (B, K, O, H', W')
     mixed = (r[:, :, None, None, None] * experts).sum(1)
     torch.testing.assert_close(m(x), mixed, rtol=1e-12, atol=1e-12)
@@ -137,7 +137,7 @@ def test_each_expert_is_initialised_as_its_own_conv():
     torch.manual_seed(0)
     for cls in MODULES:
         m = cls(64, 128, 3, num_experts=4)
-        std = m.weight.reshape(4, -1).std(1)
+        std = m.weight.std(1)
         torch.testing.assert_close(std, torch.full((4,), math.sqrt(2 / (128 * 9))), rtol=0.03, atol=0)
 
 

@@ -183,3 +183,51 @@ def test_registry_collects_the_lasso_of_every_dgc_in_a_network():
     expected = sum(m._aux for m in modules)
     torch.testing.assert_close(pl.registry.aux_loss(model), expected)
     assert pl.registry.aux_loss(model) is None  # every term was read
+    pl.registry.set_progress(model, 1.0)  # the trainer's call reaches every DGC
+    assert all(m.kept_channels == m.in_channels // 4 for m in modules)
+
+
+def test_each_head_has_its_own_saliency_and_owns_the_outputs_h_mod_heads(rng):
+    """Perturbing head h's saliency generator changes g[:, h] only, and only the outputs o with o % heads == h."""
+    m = _module(rng, 16, 32, 3, p=0.5).eval()
+    x = torch.randn(2, 16, 7, 7, generator=rng, dtype=torch.float64)
+    with torch.no_grad():
+        x_hat, g = m._prepare(x)
+        y = m(x)
+        h = 2
+        m.W2[h].mul_(1.5)
+        m.b2[h].add_(0.3)
+        g2, y2 = m.saliency(x_hat), m(x)
+    heads_changed = (g2 - g).abs().amax(dim=(0, 2)) > 0
+    assert heads_changed.tolist() == [i == h for i in range(m.heads)]
+    outputs_changed = (y2 - y).abs().amax(dim=(0, 2, 3)) > 0
+    assert outputs_changed.tolist() == [o % m.heads == h for o in range(32)]
+
+
+def test_group_lasso_reaches_the_trainer_and_the_schedule_ends_fully_pruned():
+    """Trained through plugconv_lite.train: the history logs the lasso term, a large lasso_lambda drives the
+    saliencies down compared with lasso_lambda = 0, and after training every DGC prunes C (1 - gate_factor)."""
+    from plugconv_lite.data import synthetic_cifar100
+    from plugconv_lite.profiles import PROFILES
+    from plugconv_lite.train import train
+
+    data = synthetic_cifar100(train=100, test=20, num_classes=10, quiet=True)
+    profile = PROFILES["smoke"].with_(name="tiny", width=8, epochs=2, batch_size=25, lr=0.05, warmup_epochs=0.5,
+                                      train_images=None, test_images=None)
+    mean_g, logged = {}, {}
+    for lam in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(DGConv2d(3, 16, stride=2, heads=2, lasso_lambda=lam),
+                                    DGConv2d(16, 16, stride=2, lasso_lambda=lam),
+                                    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+        history = train(model, data, profile, seed=0, progress=False)
+        logged[lam] = [row["aux_loss"] for row in history]
+        dgcs = [m for m in model.modules() if isinstance(m, DGConv2d)]
+        assert all(m.inactive == round(m.in_channels * (1 - m.gate_factor)) for m in dgcs)
+        assert all(m.aux_loss() is None for m in dgcs)  # every term was read by the trainer
+        second = dgcs[1].eval()  # its saliencies on one fixed input
+        with torch.no_grad():
+            x = torch.randn(8, 16, 8, 8, generator=torch.Generator().manual_seed(1))
+            mean_g[lam] = second.saliency(second._prepare(x)[0]).mean().item()
+    assert logged[0.0] == [0.0, 0.0] and all(v > 0 for v in logged[10.0])
+    assert mean_g[10.0] < 0.5 * mean_g[0.0], mean_g

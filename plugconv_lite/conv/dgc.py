@@ -47,10 +47,13 @@ class DGConv2d(ConvBase):
     heads' outputs); W1_h (C_r, C) without bias, W2_h (C, C_r) with bias b2_h initialised to 1. Kept channels are
     multiplied by their saliency ("unbiased gating"), not by 1.
 
-    **Per-sample kernel.** The official code scales the input, once per head (a heads-fold copy of the input). By
-    linearity conv(x_hat * g, W) = conv(x_hat, W * g) for a mask g over input channels, so here the per-sample
-    kernel W_b[o, c] = W[o, c] g_{h(o)}[b, c] m_{h(o)}[b, c] is built instead and the batch is folded into the
-    groups of ONE convolution: identical outputs, no copy of the input.
+    **Two exact forms of the training (dense masked) pass.** The official code scales the input once per head and
+    convolves the heads' copies as ``heads`` groups (a heads-fold copy of the input, B heads C H W values). By
+    linearity conv(x_hat * g, W) = conv(x_hat, W * g) for a scale g over input channels, so the per-sample kernel
+    W_b[o, c] = W[o, c] g_{h(o)}[b, c] m_{h(o)}[b, c] (B O C k^2 values) with the batch folded into the groups of
+    ONE convolution gives the same outputs. ``forward_dense`` builds whichever tensor is smaller: the per-sample
+    kernels while O k^2 <= heads H W (early, large maps), the input copies otherwise (late layers, where the
+    kernels would outweigh the feature maps many times over and the CPU's grouped conv with B groups is slow).
 
     **Pruning schedule.** ``set_progress(p)`` sets the number of dropped channels per head, ``inactive_channels(p)``
     (none before p = 1/12, all C (1 - gate_factor) of them from p = 3/4), held in the buffer ``inactive`` so that a
@@ -167,13 +170,30 @@ class DGConv2d(ConvBase):
         return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, groups)
 
     def forward_dense(self, x_hat: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """The training form: per-sample kernels W_b = W * (g * m)_{h(o)}, all C input channels convolved."""
+        """The training form: every input channel convolved, scaled by g * m (zero where pruned)."""
+        gm = g * self.mask(g)                                                    # (B, heads, C)
+        if self.out_channels * self.kernel_size[0] * self.kernel_size[1] <= self.heads * x_hat[0, 0].numel():
+            return self.dense_per_sample(x_hat, gm)
+        return self.dense_copies(x_hat, gm)
+
+    def dense_per_sample(self, x_hat: torch.Tensor, gm: torch.Tensor) -> torch.Tensor:
+        """Per-sample kernels W_b = W * gm_{h(o)}: the batch folded into the groups of one conv."""
         B, C, H, W = x_hat.shape
-        gm = (g * self.mask(g)).repeat(1, self.out_channels // self.heads, 1)   # (B, O, C): row o uses head o % heads
+        gm = gm.repeat(1, self.out_channels // self.heads, 1)                   # (B, O, C): row o uses head o % heads
         W_b = self.weight[None] * gm[:, :, :, None, None]                        # (B, O, C, k, k)
-        # fold the batch into the groups: one conv, sample b's kernel applied to sample b's channels only
+        # sample b's kernel applied to sample b's channels only
         y = self._conv(x_hat.reshape(1, B * C, H, W), W_b.reshape(B * self.out_channels, C, *self.kernel_size), B)
         return y.reshape(B, self.out_channels, *y.shape[-2:])
+
+    def dense_copies(self, x_hat: torch.Tensor, gm: torch.Tensor) -> torch.Tensor:
+        """The official form: the input scaled once per head, the copies convolved as ``heads`` groups."""
+        B, C, H, W = x_hat.shape
+        heads, O_h = self.heads, self.out_channels // self.heads
+        x_h = (x_hat[:, None] * gm[:, :, :, None, None]).reshape(B, heads * C, H, W)
+        W_h = self.weight.reshape(O_h, heads, C, *self.kernel_size).transpose(0, 1)   # head h: rows h, h + heads...
+        y = self._conv(x_h, W_h.reshape(self.out_channels, C, *self.kernel_size), heads)
+        # (B, heads, O_h) -> (B, O_h, heads): output j*heads + h, the interleaved order of W's rows
+        return y.reshape(B, heads, O_h, *y.shape[-2:]).transpose(1, 2).reshape(B, self.out_channels, *y.shape[-2:])
 
     def forward_pruned(self, x_hat: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """The inference form: each head convolves only its kept channels (gathered per sample), with their kernel

@@ -62,6 +62,24 @@ def test_pruned_inference_form_equals_the_training_form(rng, p, stride, hw):
         assert m.kept_channels < 16 and torch.equal(m(x), pruned + m.bias[:, None, None])
 
 
+@pytest.mark.parametrize("hw", [(8, 8), (2, 3)])
+def test_both_dense_forms_are_the_same_function(rng, hw):
+    """Per-sample kernels and the official per-head input copies: equal outputs and equal gradients."""
+    m = _module(rng, 16, 32, 3, 1, p=0.5).train()
+    x = torch.randn(3, 16, *hw, generator=rng, dtype=torch.float64)
+    outs, grads = [], []
+    for form in (m.dense_per_sample, m.dense_copies):
+        m.zero_grad()
+        x_hat, g = m._prepare(x)
+        y = form(x_hat, g * m.mask(g))
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([q.grad.clone() for q in (m.weight, m.W1, m.W2, m.b2)])
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-12, rtol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_the_pruned_form_costs_the_kept_fraction_of_the_flops(rng):
     m = DGConv2d(64, 64, 3).eval()
     C, O, H, heads, C_r = 64, 64, 16, m.heads, m.C_r

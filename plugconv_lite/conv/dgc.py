@@ -130,8 +130,9 @@ class DGConv2d(ConvBase):
 
     def set_progress(self, p: float) -> None:
         """Prune ``inactive_channels(p)`` input channels per head from now on (the trainer calls this every step)."""
-        self.inactive.fill_(inactive_channels(p, self.in_channels, self.gate_factor))
-        self._n_inactive = int(self.inactive)
+        n = inactive_channels(p, self.in_channels, self.gate_factor)
+        self.inactive.fill_(n)
+        self._n_inactive = n  # not read back from the buffer: a module built on the meta device has no values
 
     def _sync_inactive(self) -> None:
         self._n_inactive = int(self.inactive)

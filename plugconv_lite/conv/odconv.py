@@ -30,7 +30,7 @@ class ODConv2d(AnnealedTemperature, ConvBase):
         a_s = sigmoid(W_s z / T)  (B, kh*kw)  spatial attention over the kernel positions; 1 for a 1x1 kernel
         a_w = softmax(W_w z / T)  (B, K)      kernel attention over the K kernels; 1 if K = 1
 
-    Shapes: W_k (O, C/g, kh, kw) for k = 1..K; z (B, A) with A = max(int(C * reduction), min_channels) (the
+    Shapes: W_k (O, C/g, kh, kw) for k = 1..K (``kernels``; stored flattened, ``weight`` (K, O C/g kh kw)); z (B, A) with A = max(int(C * reduction), min_channels) (the
     official rule: 16 units for every C <= 256 at reduction 1/16). W_c, W_f, W_s, W_w carry biases (zero at init),
     W_z does not; all are Kaiming-normal (fan-out) as the official code. a_s is shared by all K kernels, and so are
     a_c and a_f (the paper's Figure 1 draws one set per kernel; the official code computes one set for all K).
@@ -65,16 +65,23 @@ class ODConv2d(AnnealedTemperature, ConvBase):
         self.filter_fc = None if self.depthwise else nn.Conv2d(A, O, 1, **fk)      # W_f
         self.spatial_fc = None if kh * kw == 1 else nn.Conv2d(A, kh * kw, 1, **fk)  # W_s
         self.kernel_fc = None if K == 1 else nn.Conv2d(A, K, 1, **fk)              # W_w
-        self.weight = nn.Parameter(torch.empty(K, O, C // g, kh, kw, **fk))
+        # the K kernels flattened to the rows of the aggregation's matrix product: a 5-D (K, O, C/g, kh, kw)
+        # parameter would make model.to(memory_format=torch.channels_last) (the trainer's call) raise
+        self.weight = nn.Parameter(torch.empty(K, O * (C // g) * kh * kw, **fk))
         self.bias = nn.Parameter(torch.empty(O, **fk)) if self.use_bias else None
         self._init_temperature(temperature, anneal, device, dtype)
         self.reset_parameters()
 
+    @property
+    def kernels(self) -> torch.Tensor:
+        """The K kernels W_k as a (K, O, C/g, kh, kw) view of ``weight``."""
+        return self.weight.view(self.kernel_num, self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
     def reset_parameters(self) -> None:
         for k in range(self.kernel_num):  # one fan per kernel
-            init_weight(self.weight[k], self.weight_init)
+            init_weight(self.kernels[k], self.weight_init)
         if self.bias is not None:
-            init_bias(self.bias, self.weight[0])
+            init_bias(self.bias, self.kernels[0])
         for m in (self.fc, self.channel_fc, self.filter_fc, self.spatial_fc, self.kernel_fc):
             if m is not None:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -106,8 +113,8 @@ class ODConv2d(AnnealedTemperature, ConvBase):
         a_s is shared by the K kernels, so it factors out of the sum: one (B, K) x (K, O C/g kh kw) matrix product
         (which FLOP counters see), then a broadcast product over the kernel positions. The official code forms the
         (B, K, O, C/g, kh, kw) product of both attentions with every kernel and sums it over K."""
-        K, O, Cg, kh, kw = self.weight.shape
-        W = self.weight.reshape(K, O * Cg * kh * kw)
+        K, O, Cg, kh, kw = self.kernels.shape
+        W = self.weight
         W = W.expand(batch, -1) if a_w is None else a_w @ W
         if a_s is not None:
             W = W.reshape(batch, O * Cg, kh * kw) * a_s[:, None, :]
@@ -127,7 +134,7 @@ class ODConv2d(AnnealedTemperature, ConvBase):
         a_c, a_f, a_s, a_w = self.attention(x)
         x = x * a_c[:, :, None, None]  # on the features: the same as scaling the kernel's input channels, cheaper
         if a_s is None and a_w is None:  # K = 1, 1x1 kernel: the kernel is static
-            y = F.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation, self.groups)
+            y = F.conv2d(x, self.kernels[0], None, self.stride, self.padding, self.dilation, self.groups)
         else:
             W = self.aggregate(a_s, a_w, x.shape[0])
             y = per_sample_conv(x, W, None, self.stride, self.padding, self.dilation, self.groups)

@@ -47,11 +47,11 @@ def _explicit_output(m: ODConv2d, x: torch.Tensor) -> torch.Tensor:
     O, Cg, g = m.out_channels, m.in_channels // m.groups, m.groups
     out = []
     for b in range(x.shape[0]):
-        W = torch.zeros_like(m.weight[0])
+        W = torch.zeros_like(m.kernels[0])
         for o in range(O):
             group = o // (O // g)
             for i in range(Cg):
-                W[o, i] = a_f[b, o, 0] * a_c[b, 0, group * Cg + i] * a_s[b] * (a_w[b] * m.weight[:, o, i]).sum(0)
+                W[o, i] = a_f[b, o, 0] * a_c[b, 0, group * Cg + i] * a_s[b] * (a_w[b] * m.kernels[:, o, i]).sum(0)
         y = F.conv2d(x[b:b + 1], W, m.bias, m.stride, m.padding, m.dilation, g)
         out.append(y)
     return torch.cat(out)
@@ -145,7 +145,7 @@ def test_one_kernel_is_odconv_1x_and_four_identical_kernels_compute_the_same(rng
     softmax (its weights sum to 1) and the other three attentions are shared by the kernels."""
     one = _randomise(ODConv2d(16, 24, 3, kernel_num=1, temperature=5.0).double(), rng)
     four = ODConv2d(16, 24, 3, kernel_num=4, temperature=5.0).double().eval()
-    four.load_state_dict({**one.state_dict(), "weight": one.weight.expand(4, -1, -1, -1, -1).clone(),
+    four.load_state_dict({**one.state_dict(), "weight": one.weight.expand(4, -1).clone(),
                           **{f"kernel_fc.{n}": p for n, p in four.kernel_fc.state_dict().items()}})
     x = torch.randn(3, 16, 8, 8, generator=rng, dtype=torch.float64)
     torch.testing.assert_close(four(x), one(x), rtol=0, atol=1e-12)
@@ -215,7 +215,7 @@ def test_kernels_start_like_the_backbone_convs():
     torch.manual_seed(0)
     m = ODConv2d(128, 128, 3, kernel_num=4)
     for k in range(4):
-        assert m.weight[k].std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.03)
+        assert m.kernels[k].std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.03)
     assert all(float(fc.bias.detach().abs().max()) == 0 for fc in (m.channel_fc, m.filter_fc, m.spatial_fc, m.kernel_fc))
 
 
@@ -232,6 +232,15 @@ def test_bad_hyperparameters_raise_naming_the_parameter(kw, match):
 def test_progress_outside_zero_one_raises():
     with pytest.raises(ValueError, match="p="):
         ODConv2d(8, 8).set_progress(1.2)
+
+
+def test_a_model_holding_it_converts_to_channels_last():
+    """The trainer calls model.to(memory_format=torch.channels_last): every parameter must be at most 4-D."""
+    model = nn.Sequential(ODConv2d(8, 8, kernel_num=4), nn.BatchNorm2d(8))
+    model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    assert model.train()(x).shape == (2, 8, 6, 6)
+    assert model[0].kernels.shape == (4, 8, 8, 3, 3)
 
 
 def test_extra_repr_shows_kernels_and_schedule():

@@ -82,19 +82,25 @@ def check_bf16_autocast(module: nn.Module, x: torch.Tensor):
 
 
 def check_channels_last(module: nn.Module, x: torch.Tensor, atol=1e-5):
-    """A channels-last input (what the trainer feeds on a GPU) gives the contiguous input's output and gradients."""
+    """A channels-last input (what the trainer feeds on a GPU) gives the contiguous input's output and gradients, and
+    so does the module converted as the trainer converts the model, ``.to(memory_format=torch.channels_last)`` (which
+    refuses a 5-d parameter or buffer)."""
     module.train()
-    xs = [x.clone().requires_grad_(True), x.clone().contiguous(memory_format=torch.channels_last).requires_grad_(True)]
+    converted = copy.deepcopy(module).to(memory_format=torch.channels_last)
+    cl = x.clone().contiguous(memory_format=torch.channels_last)
+    runs = [(module, x.clone()), (module, cl.clone()), (converted, cl.clone())]
     outs, grads = [], []
-    for xi in xs:
-        module.zero_grad(set_to_none=True)
-        y = module(xi)
+    for m, xi in runs:
+        xi.requires_grad_(True)
+        m.zero_grad(set_to_none=True)
+        y = m(xi)
         y.square().mean().backward()
         outs.append(y.detach())
-        grads.append([p.grad.clone() for p in module.parameters() if p.grad is not None] + [xi.grad])
-    torch.testing.assert_close(outs[1].contiguous(), outs[0], atol=atol, rtol=1e-4)
-    for a, b in zip(grads[0], grads[1]):
-        torch.testing.assert_close(b.contiguous(), a, atol=atol, rtol=1e-4)
+        grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None] + [xi.grad])
+    for i in (1, 2):
+        torch.testing.assert_close(outs[i].contiguous(), outs[0], atol=atol, rtol=1e-4)
+        for a, b in zip(grads[0], grads[i]):
+            torch.testing.assert_close(b.contiguous(), a, atol=atol, rtol=1e-4)
 
 
 def randomise_norms(m: nn.Module, g: torch.Generator) -> nn.Module:

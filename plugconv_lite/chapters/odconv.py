@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..exercises import draw_int, exercise, resnet18_overhead, solution
 from ..experiments import BASELINE, Variant, register_experiment
@@ -29,7 +28,7 @@ register_experiment("odconv", [
 def _overhead_cases(g):
     cases = [dict(width=64, kernel_num=4, reduction=0.0625), dict(width=16, kernel_num=1, reduction=0.0625)]
     for _ in range(6):
-        cases.append(dict(width=draw_int(g, 4, 80), kernel_num=draw_int(g, 1, 5),
+        cases.append(dict(width=draw_int(g, 4, 40), kernel_num=draw_int(g, 1, 5),
                           reduction=[0.0625, 0.125, 0.25, 0.5][draw_int(g, 0, 3)]))
     return cases
 
@@ -60,34 +59,43 @@ def odconv_overhead(width, kernel_num, reduction):
     return total
 
 
-# Exercise 2: every sample's own kernel, in one convolution ---------------------------------------------------------
+# Exercise 2: the FLOPs ODConv adds to a ResNet-18, for a batch (paid per sample, unlike DO-Conv's composition) ----
 
-def _per_sample_cases(g):
-    cases = []
-    for B, C, O, groups, k, stride, H, W in [(3, 4, 6, 1, 3, 1, 7, 5), (2, 6, 6, 3, 3, 2, 8, 8),
-                                             (4, 4, 8, 4, 1, 1, 5, 6), (1, 2, 3, 1, 3, 1, 4, 4),
-                                             (5, 8, 4, 2, 5, 2, 9, 7)]:
-        cases.append(dict(x=torch.randn(B, C, H, W, generator=g), weight=torch.randn(B, O, C // groups, k, k,
-                                                                                       generator=g),
-                          stride=stride, padding=k // 2, groups=groups))
+def _flops_cases(g):
+    cases = [dict(width=8, kernel_num=4, batch=2), dict(width=4, kernel_num=1, batch=3)]
+    for _ in range(3):
+        cases.append(dict(width=draw_int(g, 2, 10), kernel_num=draw_int(g, 1, 5), batch=draw_int(g, 1, 3)))
     return cases
 
 
-@exercise("odconv_per_sample_conv", _per_sample_cases,
-          "y (B, O, H', W') with y[b] = F.conv2d(x[b:b+1], weight[b], stride=stride, padding=padding, "
-          "groups=groups)[0]: x (B, C, H, W), one kernel per sample in weight (B, O, C/groups, k, k). "
-          "Use ONE F.conv2d call for the whole batch (a loop over the samples passes the check, but is the slow "
-          "path this chapter measures).")
-def _odconv_per_sample_conv(x, weight, stride, padding, groups):
-    from ..conv._dynamic import per_sample_conv
-    return per_sample_conv(x, weight, None, stride, padding, 1, groups)
+@exercise("odconv_flops_overhead", _flops_cases,
+          "FLOPs (as pl.count_flops counts them: 2 x multiply-accumulates of convs and matrix products) that "
+          "ODConv (kernel_num K, reduction 1/16, min_channels 16) adds to pl.resnet18(width) on a batch of `batch` "
+          "32x32 images, replacing every 3x3 conv of the residual blocks.")
+def _odconv_flops_overhead(width, kernel_num, batch):
+    from ..experiments import shapes_only
+    from ..measure import count_flops
+    from ..models import resnet18
+
+    def flops(**kw):  # counted on the meta device: shapes only, no arithmetic
+        return shapes_only(lambda: count_flops(resnet18(width=width, **kw), (batch, 3, 32, 32)))
+
+    return flops(conv="odconv", conv_kw={"kernel_num": kernel_num}) - flops()
 
 
-@solution("odconv_per_sample_conv")
-def odconv_per_sample_conv(x, weight, stride, padding, groups):
-    B, C, H, W = x.shape
-    O = weight.shape[1]
-    # sample b's channels become group block b of one image; its filters are rows b*O ... (b+1)*O - 1
-    y = F.conv2d(x.reshape(1, B * C, H, W), weight.reshape(B * O, *weight.shape[2:]), None, stride, padding,
-                 1, groups * B)
-    return y.reshape(B, O, *y.shape[-2:])
+@solution("odconv_flops_overhead")
+def odconv_flops_overhead(width, kernel_num, batch):
+    K, k2 = kernel_num, 9
+
+    def layer(C, O):  # per sample: the squeeze and heads, and the aggregation sum_k a_w,k W_k (a matmul if K > 1)
+        A = max(int(C * 0.0625), 16)
+        heads = C + O + k2 + (K if K > 1 else 0)
+        aggregation = 2 * K * O * C * k2 if K > 1 else 0
+        return 2 * C * A + 2 * A * heads + aggregation   # the convolution itself costs what the plain one does
+
+    total, c_in = 0, width
+    for C in (width, 2 * width, 4 * width, 8 * width):
+        for block in range(2):
+            total += layer(c_in, C) + layer(C, C)
+            c_in = C
+    return batch * total

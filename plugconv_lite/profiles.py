@@ -54,8 +54,8 @@ class Profile:
 PROFILES = {
     "smoke": Profile(
         "smoke", "resnet18", width=16, epochs=1, batch_size=100, lr=0.1, warmup_epochs=0.2, seeds=(0,),
-        train_images=3000, test_images=1000, allow_synthetic=True,
-        description="CPU / CI: a narrow ResNet-18 for one epoch on 3,000 images. Proves the code path runs; "
+        train_images=1000, test_images=500, allow_synthetic=True,
+        description="CPU / CI: a narrow ResNet-18 for one epoch on 1,000 images. Proves the code path runs; "
                     "its numbers are not evidence that a module helps."),
     "colab": Profile(
         "colab", "resnet18", width=64, epochs=15, batch_size=256, lr=0.2, warmup_epochs=1, seeds=(0,),

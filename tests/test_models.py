@@ -120,3 +120,18 @@ def test_build_by_name():
     assert isinstance(pl.build_model("resnet20"), CifarResNet)
     with pytest.raises(ValueError, match="backbone='vgg'"):
         pl.build_model("vgg")
+
+
+def test_conv_where_layer_preset_plugs_one_stage_only():
+    model = pl.resnet18(width=8, conv="drconv", conv_where="layer3")
+    plugged = {n for n, m in model.named_modules() if type(m).__name__ == "DRConv2d"}
+    assert plugged == {f"layer3.{j}.conv{c}" for j in range(2) for c in (1, 2)}
+
+
+@pytest.mark.parametrize("where,stages,count", [("stages2-4", [16, 8, 4], 12), ("stages3-4", [8, 4], 8)])
+def test_later_stage_presets_plug_only_the_block_convs_of_those_stages(where, stages, count):
+    sites = []
+    pl.resnet18(width=8, conv="conv2d", conv_where=where,
+                conv_kw=lambda site: sites.append(site) or {})
+    assert len(sites) == count and all(s.kernel_size == 3 and s.role != "stem" for s in sites)
+    assert sorted({s.out_resolution for s in sites}, reverse=True) == stages

@@ -55,13 +55,24 @@ class PlugSite:
 
 
 Where = Union[None, str, Callable[[PlugSite], bool]]
+def _kxk(s: PlugSite) -> bool:
+    """A k x k conv (k > 1) in the blocks: never the stem, never a 1x1 projection."""
+    return s.kernel_size > 1 and s.role != "stem"
+
+
 _WHERE_PRESETS: dict[str, Callable[[PlugSite], bool]] = {
-    # the default: k x k convs (k > 1) in the blocks; never the stem, never a 1x1 projection
-    "kxk": lambda s: s.kernel_size > 1 and s.role != "stem",
+    "kxk": _kxk,  # the default
     "strided": lambda s: s.stride > 1,
-    "unstrided": lambda s: s.stride == 1 and s.kernel_size > 1 and s.role != "stem",
+    "unstrided": lambda s: s.stride == 1 and _kxk(s),
     "all": lambda s: True,
+    # the k x k block convs of the later stages only (stages numbered 1-4 as in the papers, ResNet's layer1-4;
+    # site.stage is 0-based): for modules whose cost grows with the map (per-position kernels, attention over the
+    # pixels), which the 32 x 32 stage 1 makes most expensive
+    "stages2-4": lambda s: _kxk(s) and s.stage >= 1,
+    "stages3-4": lambda s: _kxk(s) and s.stage >= 2,
 }
+# one stage's k x k convs ("layer3": ResNet's layer3, stage index 2): for a module too costly for every stage
+_WHERE_PRESETS.update({f"layer{i + 1}": (lambda s, i=i: _kxk(s) and s.stage == i) for i in range(4)})
 
 
 def where_predicate(where: Where) -> Callable[[PlugSite], bool]:

@@ -7,6 +7,7 @@ from .doconv import DOConv2d
 from .drconv import DRConv2d, region_mask
 from .dynamic import CondConv2d, DynamicConv2d, ExpertConv2d
 from .icconv import ICConv2d, parse_pattern, pattern_counts, pattern_to_json, patterns_from_zoo, preset_pattern
+from .odconv import ODConv2d
 from .psconv import MaskedPSConv2d, PSConv2d
 from .pyconv import PyConv2d
 from .scconv import SCConv2d
@@ -14,6 +15,7 @@ from .spdconv import SPDConv2d, depth_to_space, space_to_depth
 from .weightnet import WeightNet2d
 
 __all__ = ["C2spConv2d", "CondConv2d", "Conv2d", "ConvArgs", "ConvBase", "DCDConv2d", "DGConv2d", "DOConv2d",
-           "DRConv2d", "DynamicConv2d", "ExpertConv2d", "ICConv2d", "MaskedPSConv2d", "PSConv2d", "PyConv2d",
-           "SCConv2d", "SPDConv2d", "WeightNet2d", "conv_args", "depth_to_space", "parse_pattern", "pattern_counts",
-           "pattern_to_json", "patterns_from_zoo", "preset_pattern", "region_mask", "same_padding", "space_to_depth"]
+           "DRConv2d", "DynamicConv2d", "ExpertConv2d", "ICConv2d", "MaskedPSConv2d", "ODConv2d", "PSConv2d",
+           "PyConv2d", "SCConv2d", "SPDConv2d", "WeightNet2d", "conv_args", "depth_to_space", "parse_pattern",
+           "pattern_counts", "pattern_to_json", "patterns_from_zoo", "preset_pattern", "region_mask", "same_padding",
+           "space_to_depth"]

@@ -36,8 +36,10 @@ class DCDConv2d(AnnealedTemperature, ConvBase):
         GSI(x)_b = conv2d(x_b, W(x_b)),   W(x_b) = sum_k pi_k(x_b) W_k,   pi = softmax(z / T),
         z = W_z2 relu(W_z1 GAP(x_b)) + b_z2
 
-    W_k (O, C/g, kh, kw), K = ``num_kernels`` of them; W_z1 (C_h, C), W_z2 (K, C_h); pi (B, K). The per-sample
-    kernels go through ``per_sample_conv`` (the batch folded into the groups of one convolution).
+    W_k (O, C/g, kh, kw), K = ``num_kernels`` of them, stacked in ``weight`` as (K O, C/g, kh, kw): a 4-D
+    parameter, so that ``model.to(memory_format=torch.channels_last)`` (what the trainer does) can convert it, where
+    a 5-D one raises. W_z1 (C_h, C), W_z2 (K, C_h); pi (B, K). The per-sample kernels go through
+    ``per_sample_conv`` (the batch folded into the groups of one convolution).
 
     **LSA, local spatial-adaptive** (one kernel per position and channel group, shared by the group's channels)::
 
@@ -73,7 +75,7 @@ class DCDConv2d(AnnealedTemperature, ConvBase):
         self.hidden = make_divisible(C / self.reduction, 8)
         fk = dict(device=device, dtype=dtype)
         # GSI: the kernel bank and its attention
-        self.weight = nn.Parameter(torch.empty(K, O, C // g, *self.kernel_size, **fk))       # W_k
+        self.weight = nn.Parameter(torch.empty(K * O, C // g, *self.kernel_size, **fk))      # W_1 ... W_K
         self.attn1 = nn.Linear(C, self.hidden, bias=False, **fk)                              # W_z1
         self.attn2 = nn.Linear(self.hidden, K, **fk)                                          # W_z2, b_z2
         # LSA: the per-position kernel generator and the channel mix
@@ -85,15 +87,16 @@ class DCDConv2d(AnnealedTemperature, ConvBase):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        O = self.out_channels
         for k in range(self.num_kernels):  # one fan per kernel of the bank, as if each were its own conv
-            init_weight(self.weight[k], self.weight_init)
+            init_weight(self.weight[k * O:(k + 1) * O], self.weight_init)
         for fc in (self.attn1, self.attn2):
             nn.init.kaiming_normal_(fc.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.attn2.bias)
         for m in (self.gen1, self.gen2, self.mix):
             m.reset_parameters()
         if self.bias is not None:
-            init_bias(self.bias, self.weight[0])
+            init_bias(self.bias, self.weight[:self.out_channels])
 
     # --- GSI ----------------------------------------------------------------------------------------------------
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +107,8 @@ class DCDConv2d(AnnealedTemperature, ConvBase):
     def gsi_kernel(self, x: torch.Tensor) -> torch.Tensor:
         """W(x_b) = sum_k pi_k W_k, shape (B, O, C/g, kh, kw); a matrix product (2 B K O (C/g) kh kw FLOPs)."""
         pi = self.attention(x)
-        return (pi @ self.weight.reshape(self.num_kernels, -1)).reshape(x.shape[0], *self.weight.shape[1:])
+        W = pi @ self.weight.reshape(self.num_kernels, -1)
+        return W.reshape(x.shape[0], self.out_channels, *self.weight.shape[1:])
 
     def gsi(self, x: torch.Tensor) -> torch.Tensor:
         return per_sample_conv(x, self.gsi_kernel(x), None, self.stride, self.padding, self.dilation, self.groups)
@@ -153,7 +157,7 @@ class DCDConv2d(AnnealedTemperature, ConvBase):
         """Compute exactly the plain conv with ``weight``: every W_k = weight (the softmax weights sum to 1, so
         W(x) = weight for every sample, to rounding) and W_v = 0 (the LSA branch contributes nothing)."""
         self.check_conv_weights(weight, bias)
-        self.weight.copy_(weight.unsqueeze(0).expand_as(self.weight))
+        self.weight.copy_(weight.repeat(self.num_kernels, 1, 1, 1))
         self.mix.weight.zero_()
         if bias is not None:
             self.bias.copy_(bias)

@@ -19,7 +19,8 @@ def _reference(m: DCDConv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     gap = x.mean(dim=(2, 3))
     z = F.relu(gap @ m.attn1.weight.T) @ m.attn2.weight.T + m.attn2.bias
     pi = torch.softmax(z / m.T, dim=1)
-    gsi = torch.cat([F.conv2d(x[b:b + 1], sum(pi[b, k] * m.weight[k] for k in range(K)), None, s, p, d, g)
+    bank = m.weight.reshape(K, O, C // g, kh, kw)
+    gsi = torch.cat([F.conv2d(x[b:b + 1], sum(pi[b, k] * bank[k] for k in range(K)), None, s, p, d, g)
                      for b in range(B)])
     # LSA: windows by unfold; H from the centre tap; A = per-position weighted sum; LSA = W_v A
     Ho, Wo = gsi.shape[-2:]
@@ -79,11 +80,18 @@ def test_every_sample_output_equals_its_output_alone(training, stride):
         torch.testing.assert_close(y[b:b + 1], m(x[b:b + 1]), rtol=0, atol=1e-12)
 
 
-def test_channels_last_input_gives_the_same_output():
+def test_channels_last_input_and_module_give_the_same_output():
+    """The trainer moves the whole model with memory_format=channels_last: every parameter must be convertible
+    (a 5-D kernel bank raises there), and the output must not change."""
     torch.manual_seed(0)
     m = DCDConv2d(16, 16, stride=2).double()
     x = torch.randn(3, 16, 9, 8, dtype=torch.float64)
-    torch.testing.assert_close(m(x.contiguous(memory_format=torch.channels_last)), m(x), rtol=0, atol=1e-12)
+    y = m(x)
+    torch.testing.assert_close(m(x.contiguous(memory_format=torch.channels_last)), y, rtol=0, atol=1e-12)
+    net = pl.resnet18(width=16, conv="dcdc").to(memory_format=torch.channels_last)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 100)
+    m = m.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(m(x.contiguous(memory_format=torch.channels_last)), y, rtol=0, atol=1e-12)
 
 
 def test_temperature_schedule_at_start_end_of_annealing_and_end():

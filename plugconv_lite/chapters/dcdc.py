@@ -72,10 +72,10 @@ def _as_conv_cases(g):
           "generator returns the same kernels H (G, k, k) at every position: channel c uses H[c // (C / G)], and "
           "the channel mix is W_v (O, C).")
 def _dcdc_lsa_as_conv(Wv, H):
-    from ..conv.dcdc import DCDConv2d
+    from ..conv.dcdc import DCDCConv2d
     O, C = Wv.shape
     G, k, _ = H.shape
-    m = DCDConv2d(C, O, k, group_channels=C // G).to(Wv.dtype)
+    m = DCDCConv2d(C, O, k, group_channels=C // G).to(Wv.dtype)
     with torch.no_grad():  # a generator that ignores its input: zero weights, H as the bias
         m.gen2.weight.zero_()
         m.gen2.bias.copy_(H.reshape(-1))

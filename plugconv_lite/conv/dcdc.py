@@ -28,7 +28,7 @@ from .base import ConvBase
 
 @register("dcdc", "conv", paper="Dual Complementary Dynamic Convolution for Image Recognition (book's reconstruction)",
           year=2022, arxiv="2211.06163")
-class DCDConv2d(AnnealedTemperature, ConvBase):
+class DCDCConv2d(AnnealedTemperature, ConvBase):
     """y = LSA(x) + GSI(x) (+ bias): a reconstruction of DCDC from its abstract, NOT the paper's published method.
 
     **GSI, global shift-invariant** (one kernel per sample, the same at every position)::
@@ -153,7 +153,7 @@ class DCDConv2d(AnnealedTemperature, ConvBase):
         return y
 
     @torch.no_grad()
-    def load_conv_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "DCDConv2d":
+    def load_conv_weights(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "DCDCConv2d":
         """Compute exactly the plain conv with ``weight``: every W_k = weight (the softmax weights sum to 1, so
         W(x) = weight for every sample, to rounding) and W_v = 0 (the LSA branch contributes nothing)."""
         self.check_conv_weights(weight, bias)

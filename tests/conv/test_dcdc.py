@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import plugconv_lite as pl
-from plugconv_lite.conv import DCDConv2d
+from plugconv_lite.conv import DCDCConv2d
 
 
-def _reference(m: DCDConv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _reference(m: DCDCConv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(LSA(x), GSI(x)) from the docstring's equations, with the module's parameters, independently of its code."""
     B, C, H, W = x.shape
     O, g, K = m.out_channels, m.groups, m.num_kernels
@@ -42,7 +42,7 @@ def _reference(m: DCDConv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 def test_output_is_the_sum_of_the_local_and_the_global_branch(cfg):
     """The reconstruction's defining property: y = LSA(x) + GSI(x) (+ bias), each branch as its equation says."""
     torch.manual_seed(0)
-    m = DCDConv2d(8, 12, **cfg).double()
+    m = DCDCConv2d(8, 12, **cfg).double()
     m.set_progress(0.04)  # mid-annealing: T is neither T_0 nor 1
     x = torch.randn(3, 8, 9, 7, dtype=torch.float64)
     lsa, gsi = _reference(m, x)
@@ -58,7 +58,7 @@ def test_the_global_kernel_is_shared_over_positions_and_the_local_one_varies():
     """GSI(x) is a convolution with ONE kernel per sample (its output equals conv2d with gsi_kernel); the LSA
     kernel differs from position to position and from sample to sample."""
     torch.manual_seed(0)
-    m = DCDConv2d(16, 16).double()
+    m = DCDCConv2d(16, 16).double()
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
     Wb = m.gsi_kernel(x)
     for b in range(2):
@@ -73,7 +73,7 @@ def test_the_global_kernel_is_shared_over_positions_and_the_local_one_varies():
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_sample_output_equals_its_output_alone(training, stride):
     torch.manual_seed(0)
-    m = DCDConv2d(16, 24, stride=stride, groups=2).double().train(training)
+    m = DCDCConv2d(16, 24, stride=stride, groups=2).double().train(training)
     x = torch.randn(5, 16, 9, 9, dtype=torch.float64)
     y = m(x)
     for b in range(5):
@@ -84,7 +84,7 @@ def test_channels_last_input_and_module_give_the_same_output():
     """The trainer moves the whole model with memory_format=channels_last: every parameter must be convertible
     (a 5-D kernel bank raises there), and the output must not change."""
     torch.manual_seed(0)
-    m = DCDConv2d(16, 16, stride=2).double()
+    m = DCDCConv2d(16, 16, stride=2).double()
     x = torch.randn(3, 16, 9, 8, dtype=torch.float64)
     y = m(x)
     torch.testing.assert_close(m(x.contiguous(memory_format=torch.channels_last)), y, rtol=0, atol=1e-12)
@@ -95,7 +95,7 @@ def test_channels_last_input_and_module_give_the_same_output():
 
 
 def test_temperature_schedule_at_start_end_of_annealing_and_end():
-    m = DCDConv2d(16, 16, temperature=30.0, anneal=0.1)
+    m = DCDCConv2d(16, 16, temperature=30.0, anneal=0.1)
     assert float(m.T) == 30.0
     for p, T in [(0.0, 30.0), (0.05, 15.5), (0.1, 1.0), (1.0, 1.0)]:
         m.set_progress(p)
@@ -107,7 +107,7 @@ def test_temperature_schedule_at_start_end_of_annealing_and_end():
 def test_load_conv_weights_computes_the_plain_convolution():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 12, 3, 2, 1, bias=True).double()
-    m = DCDConv2d(8, 12, stride=2, bias=True).double().load_conv_weights(conv.weight, conv.bias)
+    m = DCDCConv2d(8, 12, stride=2, bias=True).double().load_conv_weights(conv.weight, conv.bias)
     x = torch.randn(3, 8, 9, 9, dtype=torch.float64)
     torch.testing.assert_close(m(x), conv(x), rtol=0, atol=1e-12)
 
@@ -115,13 +115,13 @@ def test_load_conv_weights_computes_the_plain_convolution():
 def test_group_rule_and_hidden_width():
     """G = C / gcd(C, group_channels) groups share a kernel; the hidden width is make_divisible(C / 4, 8)."""
     for C, gc, G in [(64, 16, 4), (16, 16, 1), (24, 16, 3), (3, 16, 3)]:
-        assert DCDConv2d(C, 8, group_channels=gc).lsa_groups == G
+        assert DCDCConv2d(C, 8, group_channels=gc).lsa_groups == G
         assert math.gcd(C, gc) * G == C
-    assert DCDConv2d(64, 64).hidden == 16 and DCDConv2d(16, 16).hidden == 8
+    assert DCDCConv2d(64, 64).hidden == 16 and DCDCConv2d(16, 16).hidden == 8
 
 
 def test_registered_under_dcdc():
-    assert isinstance(pl.create("dcdc", 16, 16), DCDConv2d)
+    assert isinstance(pl.create("dcdc", 16, 16), DCDCConv2d)
 
 
 @pytest.mark.parametrize("bad", [dict(num_kernels=0), dict(reduction=0.5), dict(group_channels=0),
@@ -129,4 +129,4 @@ def test_registered_under_dcdc():
                                  dict(num_kernels=2.5)])
 def test_bad_hyperparameters_raise_value_error_naming_them(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
-        DCDConv2d(16, 16, **bad)
+        DCDCConv2d(16, 16, **bad)

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from ..measure import compare, count_flops, count_params, peak_memory_mb, saved_activation_mb
+from ..measure import compare, peak_memory_mb, saved_activation_mb
 from ..registry import available, create
 
 # the part's modules, in chapter order (10 CondConv + DY-CNN, 11 WeightNet, 12 DGC, 13 DRConv, 14 DCD, 15 ODConv,
@@ -66,7 +66,8 @@ def layer_costs(names: Sequence[str] = DYNAMIC, channels: int = 64, size: int = 
                     rounds=rounds)
     rows = []
     for n, m in modules.items():
-        rows.append({"module": n, "params": count_params(m), "MFLOPs": count_flops(m, shape, device) / 1e6,
+        # compare() counted the parameters and FLOPs already (one forward each module; not repeated here)
+        rows.append({"module": n, "params": int(timed.loc[n, "params"]), "MFLOPs": timed.loc[n, "flops"] / 1e6,
                      "latency_ms": timed.loc[n, "latency_ms"], "latency_x": timed.loc[n, "latency_ms_ratio"],
                      "peak_MB": peak_memory_mb(m, shape, device) if device.type == "cuda" else float("nan"),
                      "saved_MB": _saved_mb(m, shape, device)})

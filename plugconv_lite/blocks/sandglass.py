@@ -86,7 +86,7 @@ class SandglassBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels, **fk)
         self.dw2 = nn.Conv2d(out_channels, out_channels, 3, stride, 1, groups=out_channels, bias=False, **fk)
         self.bn4 = nn.BatchNorm2d(out_channels, **fk)
-        self.act = nn.ReLU6()
+        self.act = nn.ReLU6(inplace=True)  # after a BN, whose backward needs its input, not its output
         self.reset_parameters()
 
     @classmethod

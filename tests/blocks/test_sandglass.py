@@ -72,8 +72,9 @@ def test_middle_is_linear_no_activation_between_reduce_and_expand(rng):
     there would clip them); after the expand conv the activation does clip."""
     m = randomise_norms(SandglassBlock(64, 64), rng)
     seen = {}
-    m.bn2.register_forward_hook(lambda mod, i, o: seen.__setitem__("bn2", o))
-    m.expand.register_forward_pre_hook(lambda mod, i: seen.__setitem__("expand_in", i[0]))
+    m.bn2.register_forward_hook(lambda mod, i, o: seen.__setitem__("bn2", o.clone()))  # an in-place act would
+    # change o itself
+    m.expand.register_forward_pre_hook(lambda mod, i: seen.__setitem__("expand_in", i[0].clone()))
     m.dw2.register_forward_pre_hook(lambda mod, i: seen.__setitem__("dw2_in", i[0]))
     m(torch.randn(4, 64, 8, 8, generator=rng))
     assert (seen["bn2"] < 0).any()

@@ -131,8 +131,9 @@ def test_bad_hyperparameters_raise_value_error_naming_the_parameter(kw, name):
 def test_plugs_into_mobilenetv2_with_the_same_shortcut_rule():
     torch.manual_seed(0)
     plain = pl.mobilenetv2(width_mult=0.5)
-    net = pl.mobilenetv2(width_mult=0.5, block="sandglass", block_kw={"identity_multiplier": 0.5})
+    net = pl.build_model("mobilenetv2", width_mult=0.5, block="sandglass", block_kw={"identity_multiplier": 0.5})
     assert all(isinstance(b, SandglassBlock) for b in net.blocks)
     assert [b.use_shortcut for b in net.blocks] == [b.use_residual for b in plain.blocks]
-    assert all(b.identity_multiplier == 0.5 and b.t == 6 for b in net.blocks)
+    assert all(b.identity_multiplier == 0.5 and b.t == 6 for b in net.blocks)  # MobileNetV2's expand_ratio dropped
+    assert pl.build_model("mobilenetv2", block="sandglass", block_kw={"t": 2}).blocks[-2].t == 2
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 100)

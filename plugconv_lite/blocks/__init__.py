@@ -1,11 +1,6 @@
 """Whole residual / mobile blocks (the ``block`` contract): ``(in_channels, out_channels, stride=1, **hparams)``."""
+from .res2net import Res2NetBlock
+from .sandglass import SandglassBlock, sandglass_hidden
+from .vovgscsp import GSBottleneck, VoVGSCSP
 
-__all__: list[str] = []
-
-from .res2net import Res2NetBlock  # noqa: E402
-
-__all__ += ["Res2NetBlock"]
-
-from .sandglass import SandglassBlock, sandglass_hidden  # noqa: E402
-
-__all__ += ["SandglassBlock", "sandglass_hidden"]
+__all__ = ["GSBottleneck", "Res2NetBlock", "SandglassBlock", "VoVGSCSP", "sandglass_hidden"]

@@ -7,6 +7,7 @@ from .dcdc import DCDCConv2d
 from .doconv import DOConv2d
 from .drconv import DRConv2d, region_mask
 from .dynamic import CondConv2d, DynamicConv2d, ExpertConv2d
+from .gsconv import GSConv2d, interleave_halves
 from .icconv import ICConv2d, parse_pattern, pattern_counts, pattern_to_json, patterns_from_zoo, preset_pattern
 from .odconv import ODConv2d
 from .psconv import MaskedPSConv2d, PSConv2d
@@ -16,7 +17,7 @@ from .spdconv import SPDConv2d, depth_to_space, space_to_depth
 from .weightnet import WeightNet2d
 
 __all__ = ["C2spConv2d", "CondConv2d", "Conv2d", "ConvArgs", "ConvBase", "DCDCConv2d", "DCDConv2d", "DGConv2d",
-           "DOConv2d", "DRConv2d", "DynamicConv2d", "ExpertConv2d", "ICConv2d", "MaskedPSConv2d", "ODConv2d",
+           "DOConv2d", "DRConv2d", "DynamicConv2d", "ExpertConv2d", "GSConv2d", "ICConv2d", "MaskedPSConv2d", "ODConv2d",
            "PSConv2d", "PyConv2d", "SCConv2d", "SPDConv2d", "WeightNet2d", "conv_args", "depth_to_space",
            "parse_pattern", "pattern_counts", "pattern_to_json", "patterns_from_zoo", "preset_pattern",
-           "region_mask", "same_padding", "space_to_depth"]
+           "interleave_halves", "region_mask", "same_padding", "space_to_depth"]

@@ -5,3 +5,7 @@ __all__: list[str] = []
 from .res2net import Res2NetBlock  # noqa: E402
 
 __all__ += ["Res2NetBlock"]
+
+from .cg import ContextGuidedBlock  # noqa: E402
+
+__all__ += ["ContextGuidedBlock"]

@@ -455,3 +455,28 @@ def erf_against_plain(erf: np.ndarray, plain: np.ndarray, rf: int, label: str, p
         ax.tick_params(labelsize=8)
     ax2.legend(fontsize=8, loc="lower center", framealpha=0.9)
     return fig
+
+
+def flops_vs_latency(tables: dict, names, title: str = "cost relative to the plain layer"):
+    """One panel per table (e.g. ``{"batch 1": df, "batch 64": df}``, ``measure.compare`` tables with ``MFLOPs_x``
+    and ``latency_x`` columns, ratios to a plain layer): for every module in ``names`` (a row each, no labels to
+    collide) its FLOP ratio (bar) and its measured latency ratio (dot) on a shared log axis, with 1 marked. Where
+    the dot sits right of the bar's end, the module is slower than its FLOPs predict. Returns the figure."""
+    names = list(names)
+    fig, axes = plt.subplots(1, len(tables), figsize=(6.8, 0.32 * len(names) + 1.2), sharey=True,
+                             sharex=True, layout="constrained", squeeze=False)
+    y = np.arange(len(names))
+    values = np.concatenate([t.loc[names, ["MFLOPs_x", "latency_x"]].to_numpy(float).ravel() for t in tables.values()])
+    lo, hi = np.nanmin(values), np.nanmax(values)
+    for ax, (label, t) in zip(axes[0], tables.items()):
+        ax.barh(y, t.loc[names, "MFLOPs_x"].to_numpy(float), left=0, height=0.5, color=PALETTE[0], alpha=0.45,
+                label="FLOPs")
+        ax.scatter(t.loc[names, "latency_x"].to_numpy(float), y, color=PALETTE[3], s=22, zorder=3, label="latency")
+        ax.axvline(1, color="0.3", lw=0.8, ls="--")
+        ax.set(xscale="log", title=label, xlabel="× plain layer")
+        ax.set_xlim(min(0.5, lo / 1.5), hi * 1.5)
+    axes[0][0].set_yticks(y, names)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    return compact_text(fig)

@@ -26,3 +26,21 @@ def test_layer_costs_measure_against_the_plain_conv():
     assert math.isnan(table.loc["dcdc", "peak_MB"]) and (table["latency_ms"] > 0).all()
     # a plain conv keeps only its input and weight (not counted); DCDC keeps its kernels and branch activations
     assert table.loc["dcdc", "saved_MB"] > table.loc["conv2d", "saved_MB"] == 0
+
+
+def test_flops_vs_latency_draws_each_modules_ratios_in_every_panel():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from plugconv_lite import viz
+
+    t1 = pd.DataFrame({"MFLOPs_x": [1.0, 0.25, 8.0], "latency_x": [1.3, 1.5, 12.0]}, index=["a", "b", "c"])
+    t64 = t1 * 2
+    fig = viz.flops_vs_latency({"batch 1": t1, "batch 64": t64}, ["c", "a"])
+    assert [ax.get_title() for ax in fig.axes] == ["batch 1", "batch 64"]
+    for ax, t in zip(fig.axes, (t1, t64)):
+        widths = [p.get_width() for p in ax.patches]
+        assert widths == [t.loc["c", "MFLOPs_x"], t.loc["a", "MFLOPs_x"]]  # one bar per module, in the given order
+        dots = ax.collections[0].get_offsets()
+        assert list(dots[:, 0]) == [t.loc["c", "latency_x"], t.loc["a", "latency_x"]]

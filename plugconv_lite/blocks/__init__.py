@@ -9,3 +9,7 @@ __all__ += ["Res2NetBlock"]
 from .cg import ContextGuidedBlock  # noqa: E402
 
 __all__ += ["ContextGuidedBlock"]
+
+from .sandglass import SandglassBlock, sandglass_hidden  # noqa: E402
+
+__all__ += ["SandglassBlock", "sandglass_hidden"]

@@ -200,3 +200,28 @@ def summary(df) -> str:
             f"zero, {n - better - worse} undecided; {prov} of them provisional (fewer than {MIN_SEEDS} seeds on a "
             f"side). Latency timed on {device or 'no GPU yet'}; training images/s measured with "
             f"{' or '.join(map(str, shared))} run(s) sharing the GPU.")
+
+
+def coverage(profile: str = "full", store=None):
+    """Every chapter's experiment against the runs ``store`` holds for it: one row per chapter (book order of the
+    registered experiments) with its variants besides the baseline, the runs planned (variants x the profile's
+    seeds), the runs in the store (``experiments.chapter_records``: filed under the chapter, or the same variant
+    and configuration filed under another) and the variants still missing a seed. A chapter without a single run
+    is listed too: the board above only has rows for what ran."""
+    import pandas as pd
+
+    from . import chapters  # noqa: F401  (registers every chapter's experiment)
+    from .experiments import EXPERIMENTS, chapter_records, get_profile
+
+    prof = get_profile(profile)
+    rows = []
+    for chapter, variants in EXPERIMENTS.items():
+        names = [v.name for v in variants if v.name != "baseline"]
+        if not names:
+            continue
+        done = {(r["variant"], r["seed"]) for r in chapter_records(chapter, prof.name, store)
+                if r.get("variant") in names and r.get("seed") in prof.seeds}
+        missing = [n for n in names if any((n, s) not in done for s in prof.seeds)]
+        rows.append({"chapter": chapter, "variants": len(names), "runs": len(done),
+                     "planned": len(names) * len(prof.seeds), "missing": ", ".join(missing) or "-"})
+    return pd.DataFrame(rows).set_index("chapter")

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .._validate import check_choice, check_int
+from ..conv._init import init_convs_fan_out
 from ..receptive import receptive_field
 from ..registry import register
 
@@ -87,11 +88,7 @@ class Res2NetBlock(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan-out) convs and BN at (1, 0), as the official network and the book's backbone."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
+        init_convs_fan_out(self)
 
     def splits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[y_1, ..., y_s], the split outputs (each (B, w, H', W')) for the block input x."""

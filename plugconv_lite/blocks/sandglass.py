@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .._validate import check_float, check_int, make_divisible
+from ..conv._init import init_convs_fan_out
 from ..registry import register
 
 
@@ -99,11 +100,7 @@ class SandglassBlock(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan-out) convs, i.e. the official Normal(0, sqrt(2 / (k*k*C_out))), and BN at (1, 0)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
+        init_convs_fan_out(self)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """F(x), the block without its shortcut."""

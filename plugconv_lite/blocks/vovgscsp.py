@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .._validate import check_float, check_int
+from ..conv._init import init_convs_fan_out
 from ..conv.gsconv import ConvNormAct, GSConv2d, check_optional_layers
 from ..registry import register
 
@@ -95,11 +96,7 @@ class VoVGSCSP(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming-normal (fan-out) convs and norms at their defaults, as the library's other blocks."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.modules.batchnorm._NormBase):
-                m.reset_parameters()
+        init_convs_fan_out(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down(x)

@@ -44,3 +44,14 @@ def init_bias(bias: torch.Tensor, weight: torch.Tensor) -> None:
     fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
     bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     nn.init.uniform_(bias, -bound, bound)
+
+
+def init_convs_fan_out(module: nn.Module) -> None:
+    """The backbone's rule for a whole block: every ``nn.Conv2d`` weight in ``module`` Kaiming-normal (fan-out,
+    ReLU gain; torchvision's ResNets, the book's backbones and the official Res2Net/MobileNeXt/slim-neck code), every
+    BatchNorm at (1, 0). Other parameters are left as they are."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            m.reset_parameters()

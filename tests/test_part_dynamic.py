@@ -37,10 +37,15 @@ def test_flops_vs_latency_draws_each_modules_ratios_in_every_panel():
 
     t1 = pd.DataFrame({"MFLOPs_x": [1.0, 0.25, 8.0], "latency_x": [1.3, 1.5, 12.0]}, index=["a", "b", "c"])
     t64 = t1 * 2
+    import matplotlib.pyplot as plt
+
     fig = viz.flops_vs_latency({"batch 1": t1, "batch 64": t64}, ["c", "a"])
-    assert [ax.get_title() for ax in fig.axes] == ["batch 1", "batch 64"]
-    for ax, t in zip(fig.axes, (t1, t64)):
-        widths = [p.get_width() for p in ax.patches]
-        assert widths == [t.loc["c", "MFLOPs_x"], t.loc["a", "MFLOPs_x"]]  # one bar per module, in the given order
-        dots = ax.collections[0].get_offsets()
-        assert list(dots[:, 0]) == [t.loc["c", "latency_x"], t.loc["a", "latency_x"]]
+    try:
+        assert [ax.get_title() for ax in fig.axes] == ["batch 1", "batch 64"]
+        for ax, t in zip(fig.axes, (t1, t64)):
+            widths = [p.get_width() for p in ax.patches]
+            assert widths == [t.loc["c", "MFLOPs_x"], t.loc["a", "MFLOPs_x"]]  # one bar per module, in order
+            dots = ax.collections[0].get_offsets()
+            assert list(dots[:, 0]) == [t.loc["c", "latency_x"], t.loc["a", "latency_x"]]
+    finally:
+        plt.close(fig)  # a figure left open fails test_widgets' check that explore closes its frames

@@ -128,17 +128,19 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     return new
 
 
-def bottleneck_width(channels: int, reduction: float, divisor: int, hidden: int | None = None) -> int:
+def bottleneck_width(channels: int, reduction: float, divisor: int, hidden: int | None = None,
+                     name: str = "hidden") -> int:
     """The hidden width of a reduce-then-expand gate (SE, CBAM, GC): ``hidden`` if given, else
     ``min(channels, make_divisible(channels / reduction, divisor))``.
 
     With the library's ``divisor=8`` every CIFAR width (16 to 512 channels at reduction 16) gets at least
     ``min(channels, 8)`` units, never the 0 or 1 that ``channels // reduction`` gives at 16 channels; ``divisor=1``
-    gives the papers' ``C / r`` (rounded, at least 1).
+    gives the papers' ``C / r`` (rounded, at least 1). ``name`` is the parameter an error names (e.g. DANet's
+    ``qk_channels``).
     """
     check_int("channels", channels, min_value=1)
     check_float("reduction", reduction, min_value=1)
     check_int("divisor", divisor, min_value=1)
     if hidden is None:
         hidden = min(channels, make_divisible(channels / reduction, divisor))
-    return check_int("hidden", hidden, min_value=1)
+    return check_int(name, hidden, min_value=1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_choice, check_float, check_int, check_norm_layer_2d, make_divisible
+from .._validate import bottleneck_width, check_choice, check_float, check_int, check_norm_layer_2d, make_divisible
 from ..registry import register
 
 
@@ -57,9 +57,7 @@ class A2NModule(nn.Module):
             mid_channels = min(C, make_divisible(C / 4, self.divisor))
         self.mid_channels = m = check_int("mid_channels", mid_channels, min_value=1)
         self.reduction = check_float("reduction", reduction, min_value=1)
-        if hidden is None:
-            hidden = min(m, make_divisible(m / self.reduction, self.divisor))
-        self.hidden = check_int("hidden", hidden, min_value=1)
+        self.hidden = bottleneck_width(m, self.reduction, self.divisor, hidden)
         self.t = check_float("t", t, min_value=0, min_inclusive=False)
         check_choice("non_attention_kernel", non_attention_kernel, (1, 3))
         self.non_attention_kernel = kn = non_attention_kernel

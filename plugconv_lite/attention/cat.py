@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import check_float, check_int, check_layer, check_odd, make_divisible
+from .._validate import bottleneck_width, check_float, check_int, check_layer, check_odd
 from ..registry import register
 
 
@@ -65,9 +65,7 @@ class CATModule(nn.Module):
         self.channels = C = check_int("channels", channels, min_value=1)
         self.reduction = check_float("reduction", reduction, min_value=1)
         self.divisor = check_int("divisor", divisor, min_value=1)
-        if hidden is None:
-            hidden = min(C, make_divisible(C / self.reduction, self.divisor))
-        self.hidden = check_int("hidden", hidden, min_value=1)
+        self.hidden = bottleneck_width(C, self.reduction, self.divisor, hidden)
         self.kernel_size = k = check_odd("kernel_size", kernel_size)
         self.temperature = check_float("temperature", temperature, min_value=0, min_inclusive=False)
         check_layer("act_layer", act_layer, "nn.ReLU")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import check_choice, check_float, check_int, make_divisible
+from .._validate import bottleneck_width, check_choice, check_float, check_int
 from ..registry import register
 
 _DANET = dict(paper="Dual Attention Network for Scene Segmentation", year=2019, arxiv="1809.02983",
@@ -59,9 +59,7 @@ class PositionAttention(nn.Module):
         self.channels = C = check_int("channels", channels, min_value=1)
         self.reduction = check_float("reduction", reduction, min_value=1)
         self.divisor = check_int("divisor", divisor, min_value=1)
-        if qk_channels is None:
-            qk_channels = min(C, make_divisible(C / self.reduction, self.divisor))
-        self.qk_channels = d = check_int("qk_channels", qk_channels, min_value=1)
+        self.qk_channels = d = bottleneck_width(C, self.reduction, self.divisor, qk_channels, "qk_channels")
         self.fused = bool(fused)
         self.query = nn.Conv2d(C, d, 1, **factory)   # W_q, b_q
         self.key = nn.Conv2d(C, d, 1, **factory)     # W_k, b_k

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import check_float, check_int, check_odd, make_divisible
+from .._validate import bottleneck_width, check_float, check_int, check_odd
 from ..registry import register
 
 
@@ -52,9 +52,7 @@ class SEMModule(nn.Module):
         self.channels = C = check_int("channels", channels, min_value=1)
         self.reduction = check_float("reduction", reduction, min_value=1)
         self.divisor = check_int("divisor", divisor, min_value=1)
-        if hidden is None:
-            hidden = min(C, make_divisible(C / self.reduction, self.divisor))
-        self.hidden = check_int("hidden", hidden, min_value=1)
+        self.hidden = bottleneck_width(C, self.reduction, self.divisor, hidden)
         self.kernel_size = k = check_odd("kernel_size", eca_kernel_size(C) if kernel_size is None else kernel_size)
         self.switch = nn.Linear(C, 3, **factory)                       # W_s, b_s
         self.fc1 = nn.Linear(C, self.hidden, **factory)                # W_1, b_1

@@ -48,8 +48,9 @@ class Variant:
     ``prepare``). ``build`` without that output builds the unprepared network.
 
     ``budget_of`` makes an equal-budget control: this variant's network (usually the plain backbone) is trained at
-    the base width whose ``budget`` (``"params"`` or ``"flops"``) comes closest to ``budget_of``'s network on the
-    same profile. The width is resolved per profile (``resolve_kw``) and recorded in the config."""
+    the width whose ``budget`` (``"params"`` or ``"flops"``) comes closest to ``budget_of``'s network on the same
+    profile: the base ``width`` of a ResNet, the ``width_mult`` of MobileNetV2 (``WIDTH_ARGS``). The width is
+    resolved per profile (``resolve_kw``) and recorded in the config."""
     name: str
     model_kw: dict = field(default_factory=dict)
     backbone: Optional[str] = None
@@ -67,32 +68,49 @@ class Variant:
 
     def build(self, profile: Profile, num_classes: int = 100, model_kw: Optional[dict] = None) -> nn.Module:
         """The variant's network; ``model_kw`` (e.g. from ``prepare``) replaces the variant's own kwargs. An
-        explicit ``width`` in the kwargs wins over ``width_mult`` (which scales the profile's base width)."""
+        explicit ``width`` in the kwargs wins over ``width_mult`` (which scales the profile's base width). A backbone
+        whose width argument is ``width_mult`` (MobileNetV2) takes it as it is: the profile's width is a ResNet's."""
         kw = dict(self.model_kw if model_kw is None else model_kw)
         if model_kw is None and self.budget_of is not None:
             kw = self.resolve_kw(profile, num_classes)
         backbone = self.backbone or profile.backbone
         width_mult = kw.pop("width_mult", 1.0)
-        if backbone == "mobilenetv2":
+        if width_arg(backbone)[0] == "width_mult":
             kw["width_mult"] = width_mult
         elif backbone == profile.backbone and "width" not in kw:
             kw["width"] = max(1, round(profile.width * width_mult))
         return build_backbone(backbone, num_classes=num_classes, **kw)
 
     def resolve_kw(self, profile: Profile, num_classes: int = 100) -> dict:
-        """The kwargs this variant trains with on ``profile``: its own, plus the matched ``width`` of an
-        equal-budget control."""
+        """The kwargs this variant trains with on ``profile``: its own, plus the matched width of an equal-budget
+        control (``width`` for a ResNet, ``width_mult`` for MobileNetV2: ``WIDTH_ARGS``)."""
         kw = dict(self.model_kw)
         if self.budget_of is None:
             return kw
+        arg, step = width_arg(self.backbone or profile.backbone)
+
+        def value(k: int):  # the search runs over integers: k steps of the backbone's width argument
+            return k if step == 1 else round(k * step, 6)
 
         def search() -> int:  # builds a dozen networks: on the meta device (shapes_only), it costs no arithmetic
             target = cost_of(self.budget_of.build(profile, num_classes), self.budget)
-            return matched_width(lambda w: cost_of(self.build(profile, num_classes, model_kw={**kw, "width": w}),
-                                                   self.budget), target, start=profile.width)
+            return matched_width(lambda k: cost_of(self.build(profile, num_classes, model_kw={**kw, arg: value(k)}),
+                                                   self.budget), target,
+                                 start=profile.width if step == 1 else round(1 / step))
 
-        kw["width"] = shapes_only(search)
+        kw[arg] = value(shapes_only(search))
         return kw
+
+
+# The builder argument that sets a backbone's width, and the step of the equal-budget search over it. The ResNets
+# take an integer base width; MobileNetV2 takes a multiplier of its channel table (each layer's channels rounded to
+# a multiple of 8, so the search in steps of 0.01 does not miss a width).
+WIDTH_ARGS = {"mobilenetv2": ("width_mult", 0.01)}
+
+
+def width_arg(backbone: str) -> tuple:
+    """``(argument, step)``: how ``backbone``'s width is set (``WIDTH_ARGS``; ``("width", 1)`` by default)."""
+    return WIDTH_ARGS.get(backbone, ("width", 1))
 
 
 def cost_of(model: nn.Module, budget: str) -> int:

@@ -157,6 +157,24 @@ def test_equal_budget_control_matches_the_target_within_one_width_step():
         experiments.Variant("x", budget_of=spd, budget="latency")
 
 
+def test_equal_budget_control_on_mobilenetv2_matches_through_width_mult():
+    """MobileNetV2 takes ``width_mult``, not ``width``: the control's matched width is a multiplier, the closest to
+    the target of the multipliers one search step (0.01) either side."""
+    plain = experiments.Variant("baseline", backbone="mobilenetv2")
+    prof = PROFILES["smoke"]
+    control = experiments.Variant("sandglass_budget", {"block": "sandglass"}, backbone="mobilenetv2",
+                                  budget_of=plain, budget="params")
+    kw = control.resolve_kw(prof)
+    assert "width" not in kw and kw["block"] == "sandglass" and kw["width_mult"] > 1  # the sandglass net widened
+    target = experiments.cost_of(plain.build(prof), "params")
+    cost = lambda m: experiments.cost_of(control.build(prof, model_kw={**kw, "width_mult": m}), "params")
+    m = kw["width_mult"]
+    assert cost(m) == experiments.cost_of(control.build(prof), "params")
+    assert cost(m - 0.01) <= target <= cost(m + 0.01)
+    assert abs(cost(m) - target) <= min(abs(cost(m - 0.01) - target), abs(cost(m + 0.01) - target))
+    assert experiments.prepare(control, prof)[0] == kw
+
+
 def test_shapes_only_counts_like_a_real_network_and_falls_back_to_the_cpu():
     def build_and_count():
         m = experiments.Variant("danet", {"attn": "danet"}).build(PROFILES["smoke"])

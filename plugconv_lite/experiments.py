@@ -569,6 +569,15 @@ def colab_line(chapter: str) -> None:
     display(Markdown(f"*On Colab (GPU runtime):* {expected_time(chapter, 'colab')}"))
 
 
+def _network_label(baseline: Variant, prof: Profile) -> str:
+    """The baseline network a chapter's cost ratios are relative to, in words: its backbone and width."""
+    backbone = baseline.backbone or prof.backbone
+    names = {"resnet18": "ResNet-18", "resnet20": "ResNet-20", "resnet56": "ResNet-56", "mobilenetv2": "MobileNetV2"}
+    arg, _ = width_arg(backbone)
+    width = baseline.model_kw.get("width_mult", 1.0) if arg == "width_mult" else prof.width
+    return f"{names.get(backbone, backbone)} at {arg} {width:g}"
+
+
 def chapter_verdict(chapter: str) -> None:
     """The computed half of a chapter's Verdict: what each variant costs at the full profile's width relative to
     the baseline (parameters and FLOPs counted here; GPU latency from the records, where they exist) and what the
@@ -583,7 +592,7 @@ def chapter_verdict(chapter: str) -> None:
     table = store_mod.table(records) if {r["variant"] for r in records} - {"baseline"} else None
     lat = {} if table is None else {v: t for v, t in zip(table["variant"], table["latency_ms"])
                                     if t is not None and t == t}  # NaN: not timed (runs that shared the GPU)
-    lines = [f"**Cost** (ResNet-18 at width {full_prof.width}, one 32×32 image, relative to the baseline):"]
+    lines = [f"**Cost** ({_network_label(variants[0], full_prof)}, one 32×32 image, relative to the baseline):"]
     for v in variants[1:]:
         params, flops = counts[v.name]
         gpu = (f"GPU latency ×{lat[v.name] / lat['baseline']:.2f} (batch 1, from the records)"

@@ -203,3 +203,14 @@ def test_data_line_is_one_line_without_paths():
     ds = synthetic_cifar100(train=400, test=200, quiet=True)
     line = experiments.data_line(ds, prof)
     assert "\n" not in line and "/" not in line and "400 training" in line
+
+
+def test_chapter_verdict_names_the_backbone_of_the_chapters_baseline(monkeypatch):
+    """The sandglass chapter's ratios are relative to MobileNetV2, not to the ResNet-18 the other chapters use."""
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj.data))
+    experiments.chapter_verdict("sandglass")
+    experiments.chapter_verdict("se")
+    assert shown[0].startswith("**Cost** (MobileNetV2 at width_mult 1, one 32×32 image")
+    assert shown[1].startswith("**Cost** (ResNet-18 at width 64, one 32×32 image")

@@ -69,14 +69,16 @@ class Variant:
     def build(self, profile: Profile, num_classes: int = 100, model_kw: Optional[dict] = None) -> nn.Module:
         """The variant's network; ``model_kw`` (e.g. from ``prepare``) replaces the variant's own kwargs. An
         explicit ``width`` in the kwargs wins over ``width_mult`` (which scales the profile's base width). A backbone
-        whose width argument is ``width_mult`` (MobileNetV2) takes it as it is: the profile's width is a ResNet's."""
+        whose width argument is ``width_mult`` (MobileNetV2) gets ``width_mult`` times the profile's width relative to
+        the standard 64 (``STANDARD_WIDTH``): 1 on the colab and full profiles, 1/4 on the smoke profile, whose
+        ResNet-18 is narrowed the same way."""
         kw = dict(self.model_kw if model_kw is None else model_kw)
         if model_kw is None and self.budget_of is not None:
             kw = self.resolve_kw(profile, num_classes)
         backbone = self.backbone or profile.backbone
         width_mult = kw.pop("width_mult", 1.0)
         if width_arg(backbone)[0] == "width_mult":
-            kw["width_mult"] = width_mult
+            kw["width_mult"] = width_mult * profile.width / STANDARD_WIDTH
         elif backbone == profile.backbone and "width" not in kw:
             kw["width"] = max(1, round(profile.width * width_mult))
         return build_backbone(backbone, num_classes=num_classes, **kw)
@@ -106,6 +108,9 @@ class Variant:
 # take an integer base width; MobileNetV2 takes a multiplier of its channel table (each layer's channels rounded to
 # a multiple of 8, so the search in steps of 0.01 does not miss a width).
 WIDTH_ARGS = {"mobilenetv2": ("width_mult", 0.01)}
+# The width the profiles' widths are relative to (the standard ResNet-18's); a ``width_mult`` backbone is scaled by
+# profile.width / STANDARD_WIDTH, so that the smoke profile narrows every backbone alike.
+STANDARD_WIDTH = 64
 
 
 def width_arg(backbone: str) -> tuple:

@@ -175,6 +175,17 @@ def test_equal_budget_control_on_mobilenetv2_matches_through_width_mult():
     assert experiments.prepare(control, prof)[0] == kw
 
 
+def test_mobilenetv2_is_narrowed_on_the_smoke_profile_as_the_resnet():
+    """width_mult is relative to the profile's width / 64: the full network on the full profile, a quarter of it on
+    the smoke profile (whose ResNet-18 has width 16)."""
+    plain = experiments.Variant("baseline", backbone="mobilenetv2")
+    half = experiments.Variant("half", {"width_mult": 0.5}, backbone="mobilenetv2")
+    assert plain.build(PROFILES["full"]).stem[0].out_channels == 32
+    assert plain.build(PROFILES["smoke"]).stem[0].out_channels == 8      # make_divisible(32 / 4, 8)
+    assert half.build(PROFILES["full"]).blocks[-1].body[-1].num_features == 160   # 320 / 2
+    assert half.build(PROFILES["smoke"]).blocks[-1].body[-1].num_features == 40    # 320 / 8
+
+
 def test_shapes_only_counts_like_a_real_network_and_falls_back_to_the_cpu():
     def build_and_count():
         m = experiments.Variant("danet", {"attn": "danet"}).build(PROFILES["smoke"])

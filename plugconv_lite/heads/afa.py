@@ -84,6 +84,22 @@ def afa_fuse(x: torch.Tensor, f: torch.Tensor, s: torch.Tensor, c: torch.Tensor)
     return s * (1 - c) * x + (1 - s) * c * f
 
 
+def front_to_back_weights(attn: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The official multi-level rule (``final_feature_fusion``) for attentions a_1..a_L of levels 1..L:
+    w_j = a_j * prod_{i > j} (1 - a_i), so each later level's attention leaves only (1 - a_i) of the earlier
+    levels' share (a front-to-back transmittance product, as in volume rendering); w_L = a_L. The weights sum to
+    1 - prod_i (1 - a_i), not to 1. The official head applies it to the spatial and to the channel attentions
+    separately and sums w^s_j w^c_j feat_j. This head fuses its levels with the chained binary node instead (the
+    official ``AFAIDAUp``); the function is here for the chapter and its exercise."""
+    weights = []
+    for j, a in enumerate(attn):
+        w = a
+        for later in attn[j + 1:]:
+            w = w * (1 - later)
+        weights.append(w)
+    return weights
+
+
 @register("afa", "head", paper="Dense Prediction with Attentive Feature Aggregation", year=2023, arxiv="2111.00770")
 class AFAHead(nn.Module):
     """logits = W GAP(x_K) + b, with x_1 = P_1(X_{l_1}) and, for k = 2..K,

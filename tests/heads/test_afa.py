@@ -162,3 +162,19 @@ def test_bad_hyperparameters_raise_naming_the_parameter(bad, match):
 def test_wrong_number_of_stage_outputs_raises():
     with pytest.raises(ValueError, match="stages"):
         AFAHead(CHANNELS, 5)(_stages()[:3])
+
+
+def test_front_to_back_weights_follow_the_official_loop(rng):
+    """The official final_feature_fusion loop: after computing level i's attention, every earlier level's
+    attention is multiplied by (1 - a_i); written here as that loop."""
+    from plugconv_lite.heads.afa import front_to_back_weights
+    a = [torch.rand(2, 1, 3, 3, generator=rng, dtype=torch.float64) for _ in range(4)]
+    official = {}
+    for i, a_i in enumerate(a):
+        official[i] = a_i
+        for j in range(i):
+            official[j] = official[j] * (1 - a_i)
+    ours = front_to_back_weights(a)
+    for j in range(4):
+        torch.testing.assert_close(ours[j], official[j], rtol=0, atol=0)
+    torch.testing.assert_close(sum(ours), 1 - torch.prod(1 - torch.stack(a), dim=0))

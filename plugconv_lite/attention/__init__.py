@@ -7,7 +7,8 @@ from .eca import ECAModule, adaptive_kernel_size
 from .gc import GlobalContextBlock
 from .se import SEModule
 from .sem import SEMModule
+from .sra import SpatialReductionAttention
 from .ulsam import ULSAM
 
 __all__ = ["A2NModule", "CATModule", "CBAM", "ChannelAttention", "DualAttention", "ECAModule", "GlobalContextBlock",
-           "PositionAttention", "SEMModule", "SEModule", "ULSAM", "adaptive_kernel_size", "global_entropy_pool"]
+           "PositionAttention", "SEMModule", "SEModule", "SpatialReductionAttention", "ULSAM", "adaptive_kernel_size", "global_entropy_pool"]

@@ -6,9 +6,10 @@ from .danet import ChannelAttention, DualAttention, PositionAttention
 from .eca import ECAModule, adaptive_kernel_size
 from .gc import GlobalContextBlock
 from .se import SEModule
+from .msda import MultiScaleDilatedAttention
 from .sem import SEMModule
 from .sra import SpatialReductionAttention
 from .ulsam import ULSAM
 
-__all__ = ["A2NModule", "CATModule", "CBAM", "ChannelAttention", "DualAttention", "ECAModule", "GlobalContextBlock",
+__all__ = ["A2NModule", "CATModule", "CBAM", "ChannelAttention", "DualAttention", "ECAModule", "GlobalContextBlock", "MultiScaleDilatedAttention",
            "PositionAttention", "SEMModule", "SEModule", "SpatialReductionAttention", "ULSAM", "adaptive_kernel_size", "global_entropy_pool"]

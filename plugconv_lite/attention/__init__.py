@@ -4,6 +4,7 @@ from .cat import CATModule, global_entropy_pool
 from .cbam import CBAM
 from .danet import ChannelAttention, DualAttention, PositionAttention
 from .eca import ECAModule, adaptive_kernel_size
+from .fcvit import FCViTMixer, GlobalContext
 from .focal import FocalModulation
 from .gc import GlobalContextBlock
 from .se import SEModule
@@ -12,5 +13,5 @@ from .sem import SEMModule
 from .sra import SpatialReductionAttention
 from .ulsam import ULSAM
 
-__all__ = ["A2NModule", "CATModule", "CBAM", "ChannelAttention", "DualAttention", "ECAModule", "FocalModulation", "GlobalContextBlock", "MultiScaleDilatedAttention",
+__all__ = ["A2NModule", "CATModule", "CBAM", "ChannelAttention", "DualAttention", "ECAModule", "FCViTMixer", "FocalModulation", "GlobalContext", "GlobalContextBlock", "MultiScaleDilatedAttention",
            "PositionAttention", "SEMModule", "SEModule", "SpatialReductionAttention", "ULSAM", "adaptive_kernel_size", "global_entropy_pool"]

@@ -5,9 +5,11 @@ from .cbam import CBAM
 from .danet import ChannelAttention, DualAttention, PositionAttention
 from .eca import ECAModule, adaptive_kernel_size
 from .gc import GlobalContextBlock
+from .sda import SelectiveDepthAttention
 from .se import SEModule
 from .sem import SEMModule
 from .ulsam import ULSAM
 
 __all__ = ["A2NModule", "CATModule", "CBAM", "ChannelAttention", "DualAttention", "ECAModule", "GlobalContextBlock",
-           "PositionAttention", "SEMModule", "SEModule", "ULSAM", "adaptive_kernel_size", "global_entropy_pool"]
+           "PositionAttention", "SEMModule", "SEModule", "SelectiveDepthAttention", "ULSAM", "adaptive_kernel_size",
+           "global_entropy_pool"]

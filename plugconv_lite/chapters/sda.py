@@ -12,35 +12,42 @@ register_experiment("sda", [BASELINE, Variant("sda", {"stage_attn": "sda"},
                                               note="SDA (r = 16, L = 64) over the two blocks of every stage")])
 
 
-# Exercise 1: the parameters of SDA in a network of any stage widths and depths ----------------------------------
+# Exercise 1: the gradient that reaches the depth logits ------------------------------------------------------
 
-def _params_cases(g):
-    cases = [dict(widths=[64, 128, 256, 512], depths=[2, 2, 2, 2], reduction=16.0, min_hidden=64),
-             dict(widths=[16, 32, 64], depths=[3, 3, 3], reduction=4.0, min_hidden=1)]
-    for _ in range(6):
-        k = draw_int(g, 1, 4)
-        cases.append(dict(widths=[draw_int(g, 1, 300) for _ in range(k)], depths=[draw_int(g, 1, 6) for _ in range(k)],
-                          reduction=[1.0, 2.5, 3.0, 4.0, 7.5, 16.0, 32.0][draw_int(g, 0, 6)],
-                          min_hidden=[1, 4, 16, 64][draw_int(g, 0, 3)]))
+def _grad_cases(g):
+    cases = []
+    for _ in range(5):
+        B, n, C, H, W = draw_int(g, 1, 3), draw_int(g, 2, 4), draw_int(g, 1, 6), draw_int(g, 1, 5), draw_int(g, 1, 5)
+        cases.append(dict(Z=torch.randn(B, n, C, H, W, generator=g, dtype=torch.float64),
+                          logits=2 * torch.randn(B, n, C, generator=g, dtype=torch.float64),
+                          G=torch.randn(B, C, H, W, generator=g, dtype=torch.float64)))
     return cases
 
 
-@exercise("sda_params", _params_cases,
-          "Parameters of the SDA modules of a network with the given stage widths and depths.")
-def _sda_params(widths, depths, reduction, min_hidden):
+@exercise("sda_logit_grad", _grad_cases,
+          "dL/dlogits of SDA's output O = relu(sum_i softmax_i(logits) Z_i), given dL/dO = G.", atol=1e-9, rtol=1e-7)
+def _sda_logit_grad(Z, logits, G):
     from ..attention.sda import SelectiveDepthAttention
-    from ..measure import count_params
-    return sum(count_params(SelectiveDepthAttention(c, n, reduction=reduction, min_hidden=min_hidden))
-               for c, n in zip(widths, depths))
+    B, n, C = logits.shape
+    grads = []
+    for k in range(B):  # one module per sample: zero projection weights, the sample's logits as the biases
+        m = SelectiveDepthAttention(C, n, min_hidden=1).double().eval()
+        with torch.no_grad():
+            m.fcs.weight.zero_()
+            m.fcs.bias.copy_(logits[k].reshape(n * C))
+        out = m(list(Z[k:k + 1].unbind(1)))
+        (out * G[k:k + 1]).sum().backward()
+        grads.append(m.fcs.bias.grad.reshape(n, C))
+    return torch.stack(grads)
 
 
-@solution("sda_params")
-def sda_params(widths, depths, reduction, min_hidden):
-    total = 0
-    for C, n in zip(widths, depths):
-        d = max(int(C / reduction), min_hidden)   # the official rule: int() truncates
-        total += C * d + 2 * d + n * (d * C + C)  # W_d (no bias), BN scale and shift, n projections with bias
-    return total
+@solution("sda_logit_grad")
+def sda_logit_grad(Z, logits, G):
+    a = torch.softmax(logits, dim=1)                                   # (B, n, C)
+    S = (a[..., None, None] * Z).sum(dim=1)                            # (B, C, H, W), before the ReLU
+    gS = G * (S > 0)                                                    # through the ReLU
+    g = (gS[:, None] * Z).sum(dim=(3, 4))                               # dL/da: (B, n, C)
+    return a * (g - (a * g).sum(dim=1, keepdim=True))                   # the softmax's Jacobian over depth
 
 
 # Exercise 2: the stage output in training mode (batch statistics in the attention branch) ----------------------

@@ -7,6 +7,9 @@ that change shape are a strided 1x1 conv + BN ("option B"; the paper's CIFAR net
 
 Plug points: ``conv=`` replaces the k x k convs in the residual blocks, ``attn=`` sits on the residual branch after
 its last BN and before the addition (SE's standard position), ``block=`` replaces the whole block.
+
+Model option ``ensemble=G`` of ``resnet18``: GENet's group ensemble (``models/genet.py``): from stage
+``ensemble_from`` on every conv is grouped into G members with a grouped classifier; ``ensemble=1`` is the plain net.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ class CifarResNet(nn.Module):
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int], num_classes: int = 100, conv=None, attn=None,
                  block=None, conv_kw=None, attn_kw=None, block_kw=None, conv_where=None, in_channels: int = 3,
-                 image_size: int = 32):
+                 image_size: int = 32, stage_groups: Optional[Sequence[int]] = None):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers (length {len(layers)}) and widths (length {len(widths)}) must match")
@@ -60,6 +63,8 @@ class CifarResNet(nn.Module):
             check_int(f"layers[{i}]", n, min_value=1)
             check_int(f"widths[{i}]", w, min_value=1)
         check_int("num_classes", num_classes, min_value=1)
+        # conv groups per stage (every conv of the stage's blocks, shortcut included): GENet's members, models/genet.py
+        stage_groups = [1] * len(layers) if stage_groups is None else list(stage_groups)
         self.plugs = plugs = Plugs(conv, attn, block, conv_kw, attn_kw, block_kw, conv_where)
         self.stem = nn.Sequential(
             plain_conv(PlugSite("stem.0", "stem", in_channels, widths[0], 3, resolution=image_size)),
@@ -70,8 +75,8 @@ class CifarResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) else 1
-                site = PlugSite(f"layer{i + 1}.{j}", "block", c_in, c_out, 3, stride, stage=i, block=j,
-                                resolution=res)
+                site = PlugSite(f"layer{i + 1}.{j}", "block", c_in, c_out, 3, stride, groups=stage_groups[i],
+                                stage=i, block=j, resolution=res)
                 blocks.append(plugs.block(site) or BasicBlock(site, plugs))
                 c_in, res = c_out, site.out_resolution
             stages.append(nn.Sequential(*blocks))
@@ -98,11 +103,25 @@ class CifarResNet(nn.Module):
 
 
 def resnet18(num_classes: int = 100, width: int = 64, conv=None, attn=None, block=None, conv_kw=None, attn_kw=None,
-             block_kw=None, conv_where=None) -> CifarResNet:
-    """CIFAR ResNet-18: stages of 2 BasicBlocks at widths (w, 2w, 4w, 8w); 11.2M parameters at w=64."""
+             block_kw=None, conv_where=None, ensemble: int = 1, ensemble_from: Optional[int] = None,
+             ensemble_widen: Optional[float] = None, ensemble_loss: str = "average") -> CifarResNet:
+    """CIFAR ResNet-18: stages of 2 BasicBlocks at widths (w, 2w, 4w, 8w); 11.2M parameters at w=64.
+
+    ``ensemble=G > 1`` makes it a GENet group ensemble of G members (``models/genet.py``, ``EnsembleResNet``):
+    stages ``ensemble_from`` (1-4, default 4) and later grouped and widened by ``ensemble_widen``."""
     check_int("width", width, min_value=1)
-    return CifarResNet([2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], num_classes, conv, attn, block,
-                       conv_kw, attn_kw, block_kw, conv_where)
+    layers, widths = [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width]
+    plug_kw = dict(conv=conv, attn=attn, block=block, conv_kw=conv_kw, attn_kw=attn_kw, block_kw=block_kw,
+                   conv_where=conv_where)
+    if check_int("ensemble", ensemble, min_value=1) > 1:
+        from .genet import EnsembleResNet
+        return EnsembleResNet(layers, widths, num_classes, ensemble=ensemble, ensemble_from=ensemble_from,
+                              ensemble_widen=ensemble_widen, ensemble_loss=ensemble_loss, **plug_kw)
+    for name, value, off in (("ensemble_from", ensemble_from, None), ("ensemble_widen", ensemble_widen, None),
+                             ("ensemble_loss", ensemble_loss, "average")):
+        if value != off:
+            raise ValueError(f"{name}={value!r} needs ensemble > 1 (ensemble=1 is the plain network)")
+    return CifarResNet(layers, widths, num_classes, **plug_kw)
 
 
 def _cifar_resnet(depth: int, num_classes, width, **kw) -> CifarResNet:

@@ -88,6 +88,16 @@ def test_average_loss_is_the_mean_of_member_cross_entropies():
     assert not torch.allclose(loss, F.cross_entropy(z.mean(dim=1), y), atol=1e-6)
 
 
+@pytest.mark.parametrize("criterion", [nn.CrossEntropyLoss(label_smoothing=0.1),
+                                       nn.CrossEntropyLoss(weight=torch.rand(7, dtype=torch.float64) + 0.5)])
+def test_average_loss_is_the_mean_of_member_losses_for_any_averaging_criterion(criterion):
+    """The one-call form (B*G rows) equals mean_g criterion(z_g, y), also with label smoothing and class weights."""
+    torch.manual_seed(0)
+    z, y = torch.randn(6, 3, 7, dtype=torch.float64), torch.randint(0, 7, (6,))
+    expected = sum(criterion(z[:, g], y) for g in range(3)) / 3
+    assert torch.allclose(ensemble_loss(z, y, criterion, "average"), expected, atol=1e-12)
+
+
 def test_wagging_weights_are_random_convex_weights_per_call():
     torch.manual_seed(0)
     z, y = torch.randn(5, 3, 7, dtype=torch.float64), torch.randint(0, 7, (5,))

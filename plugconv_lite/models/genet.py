@@ -81,6 +81,9 @@ def ensemble_loss(z: torch.Tensor, target: torch.Tensor, criterion, mode: str = 
     if z.dim() != 3:
         raise ValueError(f"z of shape {tuple(z.shape)} must be member logits (B, G, K)")
     members = z.shape[1]
+    if mode == "average":   # one call over the B*G rows: mean_g (mean_b CE) when the criterion averages (the same
+        # targets in every member, so a class-weighted mean is the mean of the members' weighted means too)
+        return criterion(z.reshape(-1, z.shape[2]), target.repeat_interleave(members))
     if mode == "boosting":
         running, losses = None, []
         for g in range(members):
@@ -88,8 +91,6 @@ def ensemble_loss(z: torch.Tensor, target: torch.Tensor, criterion, mode: str = 
             losses.append(criterion(running, target))
         return torch.stack(losses).mean()
     losses = torch.stack([criterion(z[:, g], target) for g in range(members)])
-    if mode == "average":
-        return losses.mean()
     w = torch.empty(members, device="cpu").exponential_(generator=generator)   # Exp(1) / sum = Dirichlet(1,...,1)
     return (losses * (w / w.sum()).to(losses.device, losses.dtype)).sum()
 

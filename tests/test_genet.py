@@ -147,6 +147,16 @@ def test_grouped_stages_are_widened_by_the_factor_to_a_multiple_of_the_members()
     assert pl.resnet18(width=64, ensemble=2, ensemble_widen=1.0).layer4[0].conv1.out_channels == 512
 
 
+def test_the_stem_is_shared_and_never_widened():
+    """With ensemble_from=1 layer1 is widened, the stem is not: layer1's first block reads the stem's width and
+    projects it (the widening happens in the grouped stage's first block, as in every later stage)."""
+    net = pl.resnet18(num_classes=10, width=16, ensemble=2, ensemble_from=1, ensemble_widen=1.35)
+    assert net.stem[0].out_channels == 16 and net.stem[0].groups == 1
+    block = net.layer1[0]
+    assert block.conv1.in_channels == 16 and block.conv1.out_channels == 22 and block.conv1.groups == 2
+    assert block.shortcut[0].in_channels == 16 and block.shortcut[0].groups == 2
+
+
 def test_grouped_stage_parameter_count_formula():
     """layer4 (input C_in, width C, G members) has 1/G of a dense stage's conv weights; the grouped classifier has
     C * K weights, as one dense classifier, and G * K biases."""

@@ -125,9 +125,10 @@ class EnsembleResNet(CifarResNet):
         # the shared features entering the first grouped stage are split among the members
         check_divides("ensemble", members, f"layer{start - 1} width" if start > 1 else "stem width",
                       widths[start - 2] if start > 1 else widths[0])
+        stem_width = widths[0]
         widths = [w if i < start - 1 else grouped_width(w, members, widen) for i, w in enumerate(widths)]
         super().__init__(layers, widths, num_classes, stage_groups=[1 if i < start - 1 else members for i in range(n)],
-                         **kw)
+                         stem_width=stem_width, **kw)
         self.fc = EnsembleClassifier(widths[-1], num_classes, members)
         self.ensemble, self.ensemble_from, self.ensemble_widen = members, start, widen
         self.ensemble_loss = ensemble_loss

@@ -55,7 +55,7 @@ class CifarResNet(nn.Module):
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int], num_classes: int = 100, conv=None, attn=None,
                  block=None, conv_kw=None, attn_kw=None, block_kw=None, conv_where=None, in_channels: int = 3,
-                 image_size: int = 32, stage_groups: Optional[Sequence[int]] = None):
+                 image_size: int = 32, stage_groups: Optional[Sequence[int]] = None, stem_width: Optional[int] = None):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers (length {len(layers)}) and widths (length {len(widths)}) must match")
@@ -65,11 +65,12 @@ class CifarResNet(nn.Module):
         check_int("num_classes", num_classes, min_value=1)
         # conv groups per stage (every conv of the stage's blocks, shortcut included): GENet's members, models/genet.py
         stage_groups = [1] * len(layers) if stage_groups is None else list(stage_groups)
+        stem_width = widths[0] if stem_width is None else stem_width   # GENet widens layer1 but not the stem
         self.plugs = plugs = Plugs(conv, attn, block, conv_kw, attn_kw, block_kw, conv_where)
         self.stem = nn.Sequential(
-            plain_conv(PlugSite("stem.0", "stem", in_channels, widths[0], 3, resolution=image_size)),
-            nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        c_in, res = widths[0], image_size
+            plain_conv(PlugSite("stem.0", "stem", in_channels, stem_width, 3, resolution=image_size)),
+            nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
+        c_in, res = stem_width, image_size
         stages = []
         for i, (n, c_out) in enumerate(zip(layers, widths)):
             blocks = []

@@ -6,7 +6,7 @@
     pl.measure(model)                                  # params, FLOPs, latency, peak memory
     pl.run_chapter("se")                               # the SE chapter's experiment on the active profile
 """
-from . import attention, blocks, conv  # noqa: F401  (importing registers the modules)
+from . import attention, blocks, conv, heads  # noqa: F401  (importing registers the modules)
 from . import results
 from .data import Dataset, load_cifar100, synthetic_cifar100
 from .experiments import Variant, experiment, run_chapter

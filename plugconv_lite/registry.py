@@ -1,13 +1,17 @@
 """The module registry: models and surgery name modules instead of importing them.
 
 ``@register("se", "attention", paper="Squeeze-and-Excitation Networks", year=2018, arxiv="1709.01507")`` on a class
-(or factory) makes ``create("se", 64)`` build it and ``available("attention")`` list it. Three kinds exist, each with
+(or factory) makes ``create("se", 64)`` build it and ``available("attention")`` list it. Five kinds exist, each with
 a constructor contract (see DESIGN.md):
 
 * ``conv``: ``(in_channels, out_channels, kernel_size=3, stride=1, padding=None, dilation=1, groups=1, bias=False,
   **hparams)``, a drop-in for a k x k ``nn.Conv2d``;
 * ``attention``: ``(channels, **hparams)``, shape in = shape out;
-* ``block``: ``(in_channels, out_channels, stride=1, **hparams)``, a residual block.
+* ``block``: ``(in_channels, out_channels, stride=1, **hparams)``, a residual block;
+* ``stage``: ``(channels, depth, **hparams)``, a stage attention (SDA): called with the list of its stage's
+  ``depth`` block outputs, it returns the stage's output (``models/flow.py``);
+* ``head``: ``(channels, num_classes, **hparams)``, a multi-scale classifier head (FPT, AFA): ``channels`` lists
+  each stage's width, stage 1 first; called with the list of stage outputs, it returns the logits.
 
 Two hooks connect modules to the trainer without the module knowing the trainer: a module whose behaviour follows
 the training schedule defines ``set_progress(p)`` (``set_progress`` below calls it on every such module), and a
@@ -34,7 +38,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-KINDS = ("conv", "attention", "block")
+KINDS = ("conv", "attention", "block", "stage", "head")
 
 
 @dataclass(frozen=True)

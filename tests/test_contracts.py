@@ -13,6 +13,8 @@ from contract import (check_attention_shapes, check_bf16_autocast, check_channel
 CONVS = pl.available("conv")
 ATTENTIONS = pl.available("attention")
 BLOCKS = pl.available("block")
+STAGES = pl.available("stage")   # stage attentions and heads read several tensors: their contract checks run on
+HEADS = pl.available("head")     # the network that threads those to them (models/flow.py), a one-input module
 
 
 @pytest.mark.parametrize("name", CONVS)
@@ -131,6 +133,8 @@ def _compile_case(name):
         return pl.create(name, 16, 16, 3, stride=2), torch.randn(2, 16, 9, 7)
     if kind == "attention":
         return pl.create(name, 16), torch.randn(2, 16, 7, 5)
+    if kind in ("stage", "head"):
+        return _network_with(name), torch.randn(2, 3, 32, 32)
     return pl.create(name, 16, 32, stride=2), torch.randn(2, 16, 9, 7)
 
 
@@ -195,3 +199,40 @@ def test_swap_convs_keep_weights_is_exact_or_refused(name, stride):
         assert "'0'" in str(err) and type(model[0]) is nn.Conv2d  # named, and nothing swapped
         return
     torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
+
+
+# --- stage attentions and heads: the network option ------------------------------------------------------------------
+
+def _network_with(name, width=8):
+    torch.manual_seed(0)
+    option = "stage_attn" if pl.get(name).kind == "stage" else "head"
+    return pl.resnet18(width=width, num_classes=10, **{option: name})
+
+
+@pytest.mark.parametrize("name", STAGES + HEADS)
+def test_network_option_output_and_gradients_reach_every_parameter(name):
+    net = _network_with(name)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    check_gradients(net, torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", STAGES + HEADS)
+def test_network_option_compile_export_bf16_channels_last(name):
+    net, x = _network_with(name), torch.randn(2, 3, 32, 32)
+    check_channels_last(net, x)
+    check_compile_and_export(net, x)
+    check_bf16_autocast(net, x)
+
+
+@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("bad", [dict(channels=0), dict(depth=0)])
+def test_stage_bad_arguments_raise(name, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        pl.create(name, **(dict(channels=16, depth=2) | bad))
+
+
+@pytest.mark.parametrize("name", HEADS)
+@pytest.mark.parametrize("bad", [dict(channels=[]), dict(channels=[8, 0, 32, 64]), dict(num_classes=0)])
+def test_head_bad_arguments_raise(name, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        pl.create(name, **(dict(channels=[8, 16, 32, 64], num_classes=10) | bad))

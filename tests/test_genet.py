@@ -177,6 +177,9 @@ def test_grouped_stage_parameter_count_formula():
     (dict(ensemble=2, ensemble_widen=0.0), "ensemble_widen=0.0"),
     (dict(ensemble=2, ensemble_loss="vote"), "ensemble_loss='vote'"),
     (dict(ensemble=2, attn="se"), "attn='se'"),
+    (dict(ensemble=2, attn_connect=True), "attn_connect=True"),
+    (dict(ensemble=2, stage_attn="sda"), "stage_attn='sda'"),
+    (dict(ensemble=2, head="fpt"), "head='fpt'"),
     (dict(ensemble=1, ensemble_from=3), "ensemble_from=3"),
     (dict(ensemble=1, ensemble_widen=1.5), "ensemble_widen=1.5"),
 ])

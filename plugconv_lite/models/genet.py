@@ -102,7 +102,8 @@ class EnsembleResNet(CifarResNet):
     ``forward`` returns the ensemble logits (B, K); ``member_logits`` the members' (B, G, K). The first grouped stage
     splits the shared features among the members (a grouped conv on the shared input): member g sees the g-th
     1/G of the shared channels, so the shared width must be divisible by G. Attention and block plugs are refused:
-    an attention module mixes the channels of all members (no longer an ensemble), a plugged block has no groups."""
+    an attention module mixes the channels of all members (no longer an ensemble), a plugged block has no groups;
+    for the same reasons the Flow options (``attn_connect``, ``stage_attn``, ``head``) are refused too."""
 
     def __init__(self, layers: Sequence[int], widths: Sequence[int], num_classes: int = 100, *, ensemble: int,
                  ensemble_from: Optional[int] = None, ensemble_widen: Optional[float] = None,
@@ -117,11 +118,14 @@ class EnsembleResNet(CifarResNet):
             ensemble_widen = RESNET_WIDEN[members]
         widen = check_float("ensemble_widen", ensemble_widen, min_value=0.0, min_inclusive=False)
         check_choice("ensemble_loss", ensemble_loss, ENSEMBLE_LOSSES)
-        for name, value in (("attn", attn), ("block", block)):
-            if value is not None:
-                raise ValueError(f"{name}={value!r} cannot be combined with ensemble={members}: "
-                                 + ("attention mixes the channels of all members" if name == "attn" else
-                                    "a plugged block has no conv groups"))
+        why = {"attn": "attention mixes the channels of all members", "block": "a plugged block has no conv groups",
+               "attn_connect": "it connects attention modules, which mix the channels of all members",
+               "stage_attn": "a stage attention weighs the blocks with a descriptor of all members' channels",
+               "head": "the ensemble's classifier is its grouped head"}
+        for name, value in (("attn", attn), ("block", block), ("attn_connect", kw.get("attn_connect")),
+                            ("stage_attn", kw.get("stage_attn")), ("head", kw.get("head"))):
+            if value is not None and value is not False:
+                raise ValueError(f"{name}={value!r} cannot be combined with ensemble={members}: {why[name]}")
         # the shared features entering the first grouped stage are split among the members
         check_divides("ensemble", members, f"layer{start - 1} width" if start > 1 else "stem width",
                       widths[start - 2] if start > 1 else widths[0])

@@ -117,9 +117,17 @@ class Plugs:
     """The plug configuration of one model: which conv / attention / block goes where."""
 
     def __init__(self, conv=None, attn=None, block=None, conv_kw=None, attn_kw=None, block_kw=None,
-                 conv_where: Where = None):
+                 conv_where: Where = None, attn_connect: bool = False):
         self.conv_factory = None if conv is None else resolve(conv, "conv")
         self.attn_factory = None if attn is None else resolve(attn, "attention")
+        # DCANet: each attention module is built as the connected form of ``attn`` and told the channels of the
+        # previous one it connects to (None for the first; the builder visits sites in forward order)
+        self.attn_connect, self._prev_attn_channels = attn_connect, None
+        if attn_connect:
+            if attn is None:
+                raise ValueError("attn_connect=True needs an attention module: pass attn=")
+            from ..attention.dca import connected_form
+            self.attn_factory = connected_form(attn)
         self.block_factory = None if block is None else resolve(block, "block")
         self.conv_kw, self.attn_kw, self.block_kw = conv_kw, attn_kw, block_kw
         self.conv_where = where_predicate(conv_where)
@@ -137,6 +145,10 @@ class Plugs:
             return None
         self.sites.append(site)
         kw = _kwargs(self.attn_kw, site, "attn_kw")
+        if self.attn_connect:
+            module = self.attn_factory(site.out_channels, prev_channels=self._prev_attn_channels, **kw)
+            self._prev_attn_channels = site.out_channels
+            return module
         if hasattr(self.attn_factory, "from_site"):
             return self.attn_factory.from_site(site, **kw)
         return self.attn_factory(site.out_channels, **kw)

@@ -3,5 +3,6 @@
 A head replaces the backbone's global pool + linear classifier: ``pl.resnet18(head="afa")``. See
 ``models/flow.py`` for how the builder hands the stage outputs over.
 """
+from .afa import AFAHead, afa_fuse
 
-__all__: list[str] = []
+__all__: list[str] = ["AFAHead", "afa_fuse"]

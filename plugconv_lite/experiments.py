@@ -409,7 +409,8 @@ def experiment(variant: Variant, profile=None, seed: int = 0, *, chapter: Option
     record = {
         "schema": 1, "chapters": [chapter] if chapter else [], "profile": prof.name, "backbone": backbone,
         "variant": variant.name, "note": variant.note, "seed": seed, "config_hash": chash, "config": config,
-        "final": {k: final[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_acc")},
+        "final": {k: final[k] for k in ("test_top1", "test_top5", "test_loss", "train_loss", "train_acc")}
+        | {k: v for k, v in final.items() if k.startswith("test_top1_")},   # named heads (GENet's members)
         "history": history, "cost": cost,
         "throughput": throughput(history, first.get("s"), prof.batch_size, compiled=prof.compile and
                                  device.type == "cuda"),

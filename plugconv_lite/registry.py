@@ -17,6 +17,18 @@ Two hooks connect modules to the trainer without the module knowing the trainer:
 the training schedule defines ``set_progress(p)`` (``set_progress`` below calls it on every such module), and a
 module that adds a term to the training loss (DGC's group lasso) defines ``aux_loss()`` (``aux_loss`` below sums
 them; the trainer adds the sum to the loss every step and logs it).
+
+Two more hooks are the model's own (methods of the network, not of its modules), for a network with several heads
+whose training objective and evaluation need more than its output (GENet's group ensemble, ``models/genet.py``):
+
+* ``model.training_loss(x, target, criterion) -> (loss, logits)``: when the model defines it, the trainer calls it
+  instead of ``criterion(model(x), target)`` (it runs the model's forward itself, eagerly: a compiled training step
+  does not cover it); ``logits`` (B, K) are what the training accuracy is computed on. ``aux_loss`` terms are added
+  to ``loss`` as for any model, and ``train_loss`` in the history is ``loss``.
+* ``model.head_logits(x) -> (logits, {name: logits})``: when the model defines it, evaluation takes the output from
+  it and also records the top-1 accuracy of every named head as ``test_top1_<name>`` (GENet: each member's).
+
+A model without them trains and evaluates exactly as before.
 """
 from __future__ import annotations
 

@@ -168,16 +168,21 @@ def fused_kw(device: torch.device) -> dict:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, dtype: Optional[torch.dtype] = None) -> dict:
-    """Top-1 / top-5 accuracy (%) and mean cross-entropy on ``loader``."""
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy on ``loader``; with a model's ``head_logits`` hook (see
+    ``registry``) also ``test_top1_<name>`` per named head."""
     model.eval()
     device = loader.x.device
     correct1 = torch.zeros((), device=device)
     correct5 = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     n = 0
+    heads = getattr(model, "head_logits", None)   # a model with named heads (registry's docstring)
+    extra: dict[str, torch.Tensor] = {}
     for xb, yb in loader.epoch():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(xb)
+            out, named = heads(xb) if callable(heads) else (model(xb), {})
+        for name, logits in named.items():
+            extra[name] = extra.get(name, 0) + (logits.argmax(1) == yb).sum()
         out = out.float()
         loss_sum += F.cross_entropy(out, yb, reduction="sum")
         top5 = out.topk(min(5, out.shape[1]), dim=1).indices
@@ -185,7 +190,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, dtype: Optional[torch.dtype
         correct5 += (top5 == yb[:, None]).any(dim=1).sum()
         n += len(yb)
     return {"test_top1": 100 * correct1.item() / n, "test_top5": 100 * correct5.item() / n,
-            "test_loss": loss_sum.item() / n}
+            "test_loss": loss_sum.item() / n, **{f"test_top1_{k}": 100 * c.item() / n for k, c in extra.items()}}
 
 
 def _fingerprint(profile: Profile, seed: int, model: nn.Module, data: Dataset) -> dict:
@@ -211,7 +216,9 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
     Modules that follow the schedule get ``set_progress(step / total_steps)`` before every step; modules that add a
     loss term (``aux_loss()``, see ``registry.aux_loss``) have it added to the cross-entropy every step, and the
     history then has an ``aux_loss`` column (the term's mean over the epoch's steps; ``train_loss`` stays the
-    cross-entropy alone). A model without such modules trains exactly as it would without this machinery.
+    cross-entropy alone). A model without such modules trains exactly as it would without this machinery. A model
+    that defines ``training_loss`` / ``head_logits`` (``registry``'s docstring) is trained on its own objective and
+    evaluated with its named heads' accuracies in the history.
     """
     device = resolve_device(device)
     cuda = device.type == "cuda"
@@ -239,6 +246,8 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
     criterion = nn.CrossEntropyLoss(label_smoothing=profile.label_smoothing)
     step_model = torch.compile(model, dynamic=False) if (profile.compile and cuda) else model
     aux_modules = aux_loss_modules(model)  # found once: the model's structure does not change while it trains
+    model_loss = getattr(model, "training_loss", None)   # a model's own objective (registry's docstring)
+    model_loss = model_loss if callable(model_loss) else None
 
     history: list[dict] = []
     start_epoch, step = 0, 0
@@ -270,8 +279,12 @@ def train(model: nn.Module, data: Dataset, profile: Profile, *, seed: int = 0, d
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = step_model(xb)
-                loss = objective = criterion(out, yb)
+                if model_loss is None:
+                    out = step_model(xb)
+                    loss = objective = criterion(out, yb)
+                else:
+                    loss, out = model_loss(xb, yb, criterion)
+                    objective = loss
                 aux = aux_loss(model, aux_modules) if aux_modules else None
                 if aux is not None:
                     objective = loss + aux

@@ -253,3 +253,64 @@ def test_a_model_without_loss_terms_trains_exactly_as_before(tiny_data):
     for p, q in zip(plain.parameters(), silent.parameters()):
         assert torch.equal(p, q)
     assert "aux_loss" not in a[0]
+
+
+class _OwnObjective(nn.Module):
+    """A model with the trainer's ``training_loss`` hook: the plain network's cross-entropy, counted per call."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.net, self.scale, self.calls = _model(), scale, 0
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_loss(self, x, target, criterion):
+        self.calls += 1
+        out = self.net(x)
+        return self.scale * criterion(out, target), out
+
+
+def test_a_model_objective_hook_that_is_the_plain_loss_trains_exactly_as_the_plain_model(tiny_data):
+    """training_loss replaces criterion(model(x), y) and nothing else: with the same loss the run is bitwise the
+    plain model's; the hook is called once per step."""
+    plain, hooked = _model(), _OwnObjective()
+    a = train(plain, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    b = train(hooked, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    assert _strip_times(a) == _strip_times(b)
+    assert hooked.calls == len(tiny_data.train_y) // TINY.batch_size
+    for p, q in zip(plain.parameters(), hooked.net.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_model_objective_is_what_the_trainer_minimises_and_logs(tiny_data):
+    """A hook returning 3 x the cross-entropy: train_loss logs the hook's loss (3 x the plain first step's loss
+    at the same initial weights), and the weights move differently from the plain run."""
+    plain, hooked = _model(), _OwnObjective(scale=3.0)
+    a = train(plain, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    b = train(hooked, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    assert b[0]["train_loss"] > 2 * a[0]["train_loss"]
+    assert any(not torch.equal(p, q) for p, q in zip(plain.parameters(), hooked.net.parameters()))
+
+
+def test_genet_history_records_the_ensemble_and_every_members_accuracy(tiny_data):
+    """evaluate() takes a model's head_logits: test_top1 is the ensemble's, test_top1_member<g> each member's, equal
+    to the accuracies computed here from the trained network."""
+    from plugconv_lite.data import DeviceLoader
+    from plugconv_lite.train import evaluate
+
+    torch.manual_seed(0)
+    net = pl.resnet18(num_classes=10, width=8, ensemble=2)
+    history = train(net, tiny_data, TINY.with_(epochs=1), seed=0, progress=False)
+    row = history[-1]
+    assert {"test_top1_member1", "test_top1_member2"} <= set(row)
+    net.eval()
+    loader = DeviceLoader(tiny_data.test_x, tiny_data.test_y, 1000, train=False)
+    xb, yb = next(iter(loader.epoch()))
+    with torch.no_grad():
+        z = net.member_logits(xb)
+    for g in range(2):
+        assert row[f"test_top1_member{g + 1}"] == pytest.approx(100 * (z[:, g].argmax(1) == yb).float().mean().item())
+    assert row["test_top1"] == pytest.approx(100 * (z.mean(1).argmax(1) == yb).float().mean().item())
+    assert evaluate(net, loader)["test_top1"] == pytest.approx(row["test_top1"])
+    assert "test_top1_member1" not in train(_model(), tiny_data, TINY.with_(epochs=1), progress=False)[0]

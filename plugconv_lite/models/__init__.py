@@ -2,6 +2,7 @@
 from .mobilenetv2 import MobileNetV2, mobilenetv2
 from .plugs import PlugSite, Plugs
 from .resnet import BasicBlock, CifarResNet, resnet18, resnet20, resnet56
+from .genet import EnsembleClassifier, EnsembleResNet, ensemble_loss
 
 BACKBONES = {"resnet18": resnet18, "resnet20": resnet20, "resnet56": resnet56, "mobilenetv2": mobilenetv2}
 
@@ -13,5 +14,5 @@ def build(backbone: str, **kw):
     return BACKBONES[backbone](**kw)
 
 
-__all__ = ["BACKBONES", "BasicBlock", "CifarResNet", "MobileNetV2", "PlugSite", "Plugs", "build", "mobilenetv2",
-           "resnet18", "resnet20", "resnet56"]
+__all__ = ["BACKBONES", "BasicBlock", "CifarResNet", "EnsembleClassifier", "EnsembleResNet", "MobileNetV2", "PlugSite", "Plugs", "build", "mobilenetv2",
+           "ensemble_loss", "resnet18", "resnet20", "resnet56"]

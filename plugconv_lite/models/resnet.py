@@ -12,6 +12,9 @@ Options that hand state from one block or stage to another (threaded through a `
 ``attn_connect=True`` connects each block's attention to the previous one's (DCANet), ``stage_attn=`` replaces each
 stage's output by an attention over its blocks' outputs (SDA), ``head=`` replaces the pool + linear classifier by a
 head that reads every stage's output (FPT, AFA).
+
+Model option ``ensemble=G`` of ``resnet18``: GENet's group ensemble (``models/genet.py``): from stage
+``ensemble_from`` on every conv is grouped into G members with a grouped classifier; ``ensemble=1`` is the plain net.
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ class CifarResNet(nn.Module):
     def __init__(self, layers: Sequence[int], widths: Sequence[int], num_classes: int = 100, conv=None, attn=None,
                  block=None, conv_kw=None, attn_kw=None, block_kw=None, conv_where=None, in_channels: int = 3,
                  image_size: int = 32, attn_connect: bool = False, stage_attn=None, stage_attn_kw=None, head=None,
-                 head_kw=None):
+                 head_kw=None, stage_groups: Optional[Sequence[int]] = None, stem_width: Optional[int] = None):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers (length {len(layers)}) and widths (length {len(widths)}) must match")
@@ -79,18 +82,21 @@ class CifarResNet(nn.Module):
         check_int("num_classes", num_classes, min_value=1)
         if not isinstance(attn_connect, bool):
             raise ValueError(f"attn_connect={attn_connect!r} must be True or False")
+        # conv groups per stage (every conv of the stage's blocks, shortcut included): GENet's members, models/genet.py
+        stage_groups = [1] * len(layers) if stage_groups is None else list(stage_groups)
+        stem_width = widths[0] if stem_width is None else stem_width   # GENet widens layer1 but not the stem
         self.plugs = plugs = Plugs(conv, attn, block, conv_kw, attn_kw, block_kw, conv_where, attn_connect)
         self.stem = nn.Sequential(
-            plain_conv(PlugSite("stem.0", "stem", in_channels, widths[0], 3, resolution=image_size)),
-            nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        c_in, res = widths[0], image_size
+            plain_conv(PlugSite("stem.0", "stem", in_channels, stem_width, 3, resolution=image_size)),
+            nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
+        c_in, res = stem_width, image_size
         stages = []
         for i, (n, c_out) in enumerate(zip(layers, widths)):
             blocks = []
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) else 1
-                site = PlugSite(f"layer{i + 1}.{j}", "block", c_in, c_out, 3, stride, stage=i, block=j,
-                                resolution=res)
+                site = PlugSite(f"layer{i + 1}.{j}", "block", c_in, c_out, 3, stride, groups=stage_groups[i],
+                                stage=i, block=j, resolution=res)
                 blocks.append(plugs.block(site) or BasicBlock(site, plugs))
                 c_in, res = c_out, site.out_resolution
             stages.append(nn.Sequential(*blocks))
@@ -154,12 +160,26 @@ def _kw(kw, what: str) -> dict:
 
 
 def resnet18(num_classes: int = 100, width: int = 64, conv=None, attn=None, block=None, conv_kw=None, attn_kw=None,
-             block_kw=None, conv_where=None, **options) -> CifarResNet:
+             block_kw=None, conv_where=None, ensemble: int = 1, ensemble_from: Optional[int] = None,
+             ensemble_widen: Optional[float] = None, ensemble_loss: str = "average", **options) -> CifarResNet:
     """CIFAR ResNet-18: stages of 2 BasicBlocks at widths (w, 2w, 4w, 8w); 11.2M parameters at w=64. ``options``:
-    ``attn_connect``, ``stage_attn`` (+ ``stage_attn_kw``), ``head`` (+ ``head_kw``), see ``CifarResNet``."""
+    ``attn_connect``, ``stage_attn`` (+ ``stage_attn_kw``), ``head`` (+ ``head_kw``), see ``CifarResNet``.
+
+    ``ensemble=G > 1`` makes it a GENet group ensemble of G members (``models/genet.py``, ``EnsembleResNet``):
+    stages ``ensemble_from`` (1-4, default 4) and later grouped and widened by ``ensemble_widen``."""
     check_int("width", width, min_value=1)
-    return CifarResNet([2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], num_classes, conv, attn, block,
-                       conv_kw, attn_kw, block_kw, conv_where, **options)
+    layers, widths = [2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width]
+    plug_kw = dict(conv=conv, attn=attn, block=block, conv_kw=conv_kw, attn_kw=attn_kw, block_kw=block_kw,
+                   conv_where=conv_where, **options)
+    if check_int("ensemble", ensemble, min_value=1) > 1:
+        from .genet import EnsembleResNet
+        return EnsembleResNet(layers, widths, num_classes, ensemble=ensemble, ensemble_from=ensemble_from,
+                              ensemble_widen=ensemble_widen, ensemble_loss=ensemble_loss, **plug_kw)
+    for name, value, off in (("ensemble_from", ensemble_from, None), ("ensemble_widen", ensemble_widen, None),
+                             ("ensemble_loss", ensemble_loss, "average")):
+        if value != off:
+            raise ValueError(f"{name}={value!r} needs ensemble > 1 (ensemble=1 is the plain network)")
+    return CifarResNet(layers, widths, num_classes, **plug_kw)
 
 
 def _cifar_resnet(depth: int, num_classes, width, **kw) -> CifarResNet:

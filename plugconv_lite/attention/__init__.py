@@ -3,6 +3,7 @@ from .a2n import A2NModule
 from .cat import CATModule, global_entropy_pool
 from .cbam import CBAM
 from .danet import ChannelAttention, DualAttention, PositionAttention
+from .dca import AttentionFusion, ConnectedCBAM, ConnectedGC, ConnectedSE, connected_form
 from .eca import ECAModule, adaptive_kernel_size
 from .fcvit import FCViTMixer, GlobalContext
 from .focal import FocalModulation
@@ -15,7 +16,8 @@ from .sem import SEMModule
 from .sra import SpatialReductionAttention
 from .ulsam import ULSAM
 
-__all__ = ["A2NModule", "adaptive_kernel_size", "CATModule", "CBAM", "ChannelAttention", "DualAttention",
-           "ECAModule", "FCViTMixer", "FocalModulation", "global_entropy_pool", "GlobalContext",
-           "GlobalContextBlock", "LSCM", "MultiScaleDilatedAttention", "PositionAttention",
-           "SelectiveDepthAttention", "SEMModule", "SEModule", "SpatialReductionAttention", "ULSAM"]
+__all__ = ["A2NModule", "adaptive_kernel_size", "AttentionFusion", "CATModule", "CBAM", "ChannelAttention",
+           "connected_form", "ConnectedCBAM", "ConnectedGC", "ConnectedSE", "DualAttention", "ECAModule",
+           "FCViTMixer", "FocalModulation", "global_entropy_pool", "GlobalContext", "GlobalContextBlock", "LSCM",
+           "MultiScaleDilatedAttention", "PositionAttention", "SelectiveDepthAttention", "SEMModule", "SEModule",
+           "SpatialReductionAttention", "ULSAM"]

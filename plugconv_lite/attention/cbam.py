@@ -80,13 +80,20 @@ class CBAM(nn.Module):
             self.norm.reset_running_stats()
             nn.init.zeros_(self.norm.weight), nn.init.zeros_(self.norm.bias)
 
-    def channel_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """M_c(x), shape (B, C, 1, 1)."""
+    def channel_descriptors(self, x: torch.Tensor) -> torch.Tensor:
+        """[AvgPool(x); MaxPool(x)], shape (2, B, C)."""
         # max pooling with indices (not amax): its gradient goes to one pixel, as in the official code, and is
         # the cheaper backward
-        z = torch.stack((x.mean(dim=(2, 3)), F.adaptive_max_pool2d(x, 1).flatten(1)))  # (2, B, C)
+        return torch.stack((x.mean(dim=(2, 3)), F.adaptive_max_pool2d(x, 1).flatten(1)))
+
+    def channel_gate(self, z: torch.Tensor) -> torch.Tensor:
+        """sigmoid(MLP(z[0]) + MLP(z[1])) from the two descriptors z (2, B, C); shape (B, C, 1, 1)."""
         logits = self.fc1(self.act(self.fc0(z))).sum(dim=0)           # one MLP pass for both descriptors
         return self.gate(logits)[:, :, None, None]
+
+    def channel_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_c(x), shape (B, C, 1, 1)."""
+        return self.channel_gate(self.channel_descriptors(x))
 
     def spatial_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """[Avg_c(x); Max_c(x)], shape (B, 2, H, W): each pixel's mean and maximum over the channels."""
@@ -94,9 +101,13 @@ class CBAM(nn.Module):
         # channels-last: oneDNN's 2 -> 1 channel k x k convolution is about 3x faster on it on a CPU
         return s.contiguous(memory_format=torch.channels_last)
 
+    def spatial_gate(self, s: torch.Tensor) -> torch.Tensor:
+        """sigmoid(BN(f(s))) from the spatial descriptors s (B, 2, H, W); shape (B, 1, H, W)."""
+        return self.gate(self.norm(self.conv(s)))
+
     def spatial_attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_s(x), shape (B, 1, H, W)."""
-        return self.gate(self.norm(self.conv(self.spatial_descriptors(x))))
+        return self.spatial_gate(self.spatial_descriptors(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.order == "parallel":

@@ -19,10 +19,10 @@ from ..registry import register
 FUSIONS = ("add", "mul", "both")
 
 
-def _transform(C: int, C_r: int, act_layer, factory: dict) -> nn.Sequential:
-    """W_v2 relu(LN(W_v1 c)): the bottleneck transform, on (B, C) vectors."""
+def _transform(C: int, C_r: int, act_layer, factory: dict, C_out: Optional[int] = None) -> nn.Sequential:
+    """W_v2 relu(LN(W_v1 c)): the bottleneck transform, on (B, C) vectors, to (B, C_out) (C_out = C unless given)."""
     return nn.Sequential(nn.Linear(C, C_r, **factory), nn.LayerNorm(C_r, **factory), act_layer(),
-                         nn.Linear(C_r, C, **factory))
+                         nn.Linear(C_r, C if C_out is None else C_out, **factory))
 
 
 @register("gc", "attention", paper="GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond",

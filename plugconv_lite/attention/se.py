@@ -36,11 +36,13 @@ class SEModule(nn.Module):
         self.fc2 = nn.Linear(self.hidden, channels)  # W2, b2
         self.gate = gate_layer()
 
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
+        """s = sigmoid(W2 relu(W1 z + b1) + b2) from a channel descriptor z (B, C); shape (B, C)."""
+        return self.gate(self.fc2(self.act(self.fc1(z))))
+
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         """The channel gate s, shape (B, C, 1, 1)."""
-        z = x.mean(dim=(2, 3))
-        s = self.gate(self.fc2(self.act(self.fc1(z))))
-        return s[:, :, None, None]
+        return self.excite(x.mean(dim=(2, 3)))[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.excitation(x)

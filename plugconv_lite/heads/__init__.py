@@ -4,4 +4,6 @@ A head replaces the backbone's global pool + linear classifier: ``pl.resnet18(he
 ``models/flow.py`` for how the builder hands the stage outputs over.
 """
 
-__all__: list[str] = []
+from .fpt import FPTHead, GroundingTransformer, RenderingTransformer, SelfTransformer
+
+__all__ = ["FPTHead", "GroundingTransformer", "RenderingTransformer", "SelfTransformer"]

@@ -9,7 +9,7 @@ from ..experiments import BASELINE, Variant, register_experiment
 # The head adds more than 5% of ResNet-18's FLOPs (and parameters): the chapter computes both and trains a plain
 # ResNet-18 widened to the FPT network's FLOPs as the equal-budget control.
 FPT = Variant("fpt", {"head": "fpt"},
-              note="FPT head on stages 2-4 (d = 128, two softmaxes): pooled levels, concatenated, one linear layer")
+              note="FPT head on stages 2-4 (d = 64, two softmaxes): pooled levels, concatenated, one linear layer")
 register_experiment("fpt", [
     BASELINE,
     FPT,

@@ -1,4 +1,4 @@
-"""Feature Pyramid Transformer as a classifier head. Zhang, Zhang, Tang, Hua, Sun: "Feature Pyramid Transformer",
+"""Feature Pyramid Transformer as a classifier head. Zhang, Zhang, Tang, Wang, Hua, Sun: "Feature Pyramid Transformer",
 ECCV 2020, arXiv 2007.09451 (official code: github.com/ZHANGDONG-NJUST/FPT, lib/modeling/FPT_a.py with
 self_trans.py, grounding_trans.py and rendering_trans.py).
 
@@ -226,11 +226,12 @@ class FPTHead(nn.Module):
     spatial taps would do nothing for the classifier.
 
     ``levels=None`` takes the last three stages (stages 2-4 of ResNet-18: at 32x32 input, stage 1's 32 x 32 map
-    would make the head cost more than the backbone). ``d``: the pyramid width (FPT: 256); ``n_mix``: the ST's
+    would make the head cost more than the backbone). ``d``: the pyramid width (FPT: 256; here 64, ResNet-18's base
+    width, which keeps the head cheap to train); ``n_mix``: the ST's
     number of softmaxes (FPT_a: 2); ``gt_channels``: GT's inner width (default d/2, official).
     """
 
-    def __init__(self, channels: Sequence[int], num_classes: int, d: int = 128, levels=None, n_mix: int = 2,
+    def __init__(self, channels: Sequence[int], num_classes: int, d: int = 64, levels=None, n_mix: int = 2,
                  gt_channels: Optional[int] = None, st_pool: bool = True, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}

@@ -58,7 +58,10 @@ class SelfTransformer(nn.Module):
         self.fused = fused
         self.pool = nn.AvgPool2d(3, 2, 1, count_include_pad=False) if pool else nn.Identity()
         self.W_qk = nn.Conv2d(C, C, 1, **factory)
-        self.W_v = nn.Conv2d(C, C, 1, **factory)
+        # no bias on W_v (the official conv has one): softmax rows and the mixture weights sum to 1, so a bias on the
+        # values adds the same vector at every position, which the BN after W_o removes in training; its gradient
+        # is exactly 0 and FPT_a's zero-initialised bias never moves. Without it the network trains identically.
+        self.W_v = nn.Conv2d(C, C, 1, bias=False, **factory)
         self.W_o = nn.Conv2d(C, C, 1, bias=False, **factory)
         self.bn = nn.BatchNorm2d(C, **factory)
         self.w_mix = nn.Parameter(torch.empty(n_mix, C, **factory)) if n_mix > 1 else None

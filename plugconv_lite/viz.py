@@ -480,3 +480,79 @@ def flops_vs_latency(tables: dict, names, title: str = "cost relative to the pla
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=9)
     return compact_text(fig)
+
+
+def flow_diagram(layers=(2, 2, 2, 2)):
+    """What each option of the part "Attention across layers and scales" reads, drawn on a ResNet with ``layers``
+    blocks per stage (one box per block, stages side by side), one panel per option:
+
+    * DCANet (``attn_connect``): an arrow from every block's attention to the next block's, across stage
+      boundaries; the first block has none;
+    * SDA (``stage_attn``): every block's output of a stage into one selector per stage, whose output replaces the
+      stage's;
+    * a multi-scale head (``head``): every stage's output into the head.
+
+    Returns the figure; each panel's arrows are ``ax.patches`` of type FancyArrowPatch, so their number can be
+    checked (DCANet: blocks - 1; SDA: blocks; head: stages)."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    layers = list(layers)
+    n = sum(layers)
+    fig, axes = plt.subplots(3, 1, figsize=(6.8, 4.6), layout="constrained")
+    xs, stage_of = [], []
+    x = 0.0
+    for s, depth in enumerate(layers):
+        for _ in range(depth):
+            xs.append(x)
+            stage_of.append(s)
+            x += 1.0
+        x += 0.5  # a gap between stages
+    width = x - 0.5
+
+    def arrow(ax, a, b, rad=0.0, color="0.2"):
+        ax.add_patch(FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=9, lw=1.0, color=color,
+                                     connectionstyle=f"arc3,rad={rad}", shrinkA=2, shrinkB=2))
+
+    def blocks(ax, y=0.0):
+        for i, (bx, s) in enumerate(zip(xs, stage_of)):
+            ax.add_artist(FancyBboxPatch((bx + 0.1, y - 0.3), 0.8, 0.6, boxstyle="round,pad=0.02",
+                                         fc=PALETTE[s % len(PALETTE)], alpha=0.35, ec="0.3", lw=0.8))
+            ax.text(bx + 0.5, y, f"{s + 1}.{i - stage_of.index(s)}", ha="center", va="center", fontsize=8)
+        ax.set_xlim(-0.2, width + 0.2)
+        ax.axis("off")
+
+    titles = ["DCANet (attn_connect): each block's attention reads the previous block's",
+              "SDA (stage_attn): one selector per stage weighs its blocks' outputs",
+              "multi-scale head (head): the classifier reads every stage's output"]
+    # DCANet
+    ax = axes[0]
+    blocks(ax)
+    for i in range(1, n):
+        arrow(ax, (xs[i - 1] + 0.6, 0.3), (xs[i] + 0.4, 0.3), rad=-0.5, color=PALETTE[3])
+    ax.set_ylim(-0.5, 1.0)
+    # SDA
+    ax = axes[1]
+    blocks(ax, y=0.6)
+    for s, depth in enumerate(layers):
+        members = [i for i in range(n) if stage_of[i] == s]
+        cx = np.mean([xs[i] + 0.5 for i in members])
+        ax.add_artist(FancyBboxPatch((cx - 0.45, -0.75), 0.9, 0.45, boxstyle="round,pad=0.02", fc="white",
+                                     ec=PALETTE[3], lw=1.0))
+        ax.text(cx, -0.525, "select", ha="center", va="center", fontsize=8)
+        for i in members:
+            arrow(ax, (xs[i] + 0.5, 0.3), (cx, -0.3), color=PALETTE[3])
+    ax.set_ylim(-0.9, 1.0)
+    # head
+    ax = axes[2]
+    blocks(ax, y=0.6)
+    hx = width / 2
+    ax.add_artist(FancyBboxPatch((hx - 0.8, -0.75), 1.6, 0.45, boxstyle="round,pad=0.02", fc="white",
+                                 ec=PALETTE[3], lw=1.0))
+    ax.text(hx, -0.525, "head → logits", ha="center", va="center", fontsize=8)
+    for s in range(len(layers)):
+        last = max(i for i in range(n) if stage_of[i] == s)
+        arrow(ax, (xs[last] + 0.5, 0.3), (hx, -0.3), color=PALETTE[3])
+    ax.set_ylim(-0.9, 1.0)
+    for ax, t in zip(axes, titles):
+        ax.set_title(t, fontsize=9, loc="left")
+    return fig

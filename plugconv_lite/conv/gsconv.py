@@ -22,7 +22,9 @@ def interleave_halves(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) x 2 -> (B, 2C, H, W) with channel 2i = a[:, i] and channel 2i + 1 = b[:, i].
 
     The official ``models_inPaper.py`` shuffle (cat, reshape to (B, 2, C, H, W), swap the two channel axes, reshape
-    back) is this permutation; stacking on a new axis gets it with one copy instead of two.
+    back) is this permutation; stacking on a new axis gets it with one copy instead of two. The repository's
+    ``gsconv-yolov5`` and ``gsconv-scaled-yolov4`` ``common.py`` run its inverse instead (even channels of the
+    concatenation first, then the odd ones), which does not pair a dense channel with its depthwise copy.
     """
     B, C, H, W = a.shape
     return torch.stack((a, b), dim=2).reshape(B, 2 * C, H, W)
@@ -69,7 +71,7 @@ class GSConv2d(ConvBase):
     k^2 C O / g for the dense conv.
 
     As the official GSConv, both halves end in BatchNorm and an activation (Mish, the ``models_inPaper.py`` unit;
-    the repository's YOLOv5 variant uses SiLU: ``act_layer``). So this is not a bare conv: in a ResNet conv site it
+    the repository's YOLOv8-11 variant uses SiLU: ``act_layer``). So this is not a bare conv: in a ResNet conv site it
     is followed by that site's own BN and ReLU too. ``act_layer=None`` is the official ``act=False``. ``bias=True``
     adds a learnable bias to y (after the shuffle). ``out_channels`` must be even (the official code silently
     drops a channel for odd O) and ``groups`` must divide O / 2 as well as C.

@@ -1,0 +1,105 @@
+"""Next-ViT's NCB and NTB blocks (plugconv_lite/blocks/nextvit.py)."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import plugconv_lite as pl
+from plugconv_lite.blocks.nextvit import NCB, NTB, EMHSA, _divisible
+
+
+def _randomised(m):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k, t in m.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5 if "running_var" in k
+                        else torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.2)
+    return m.eval()
+
+
+def test_make_divisible_is_the_official_rule():
+    assert [_divisible(v, 32) for v in (24, 48, 96, 192, 384, 100, 3 * 64)] == [32, 64, 96, 192, 384, 96, 192]
+
+
+def test_ncb_heads_are_independent_groups_of_head_dim_channels():
+    """MHCA's grouped 3x3: an output channel of head h reads only the input channels of head h."""
+    m = _randomised(NCB(64, 64, head_dim=16).double())
+    conv = m.mhca[0]
+    x = torch.randn(1, 64, 6, 6, dtype=torch.float64, requires_grad=True)
+    conv(x)[0, 20].sum().backward()                             # channel 20: head 1 (channels 16..31)
+    touched = x.grad[0].abs().sum((1, 2)) > 0
+    assert touched.nonzero().flatten().tolist() == list(range(16, 32))
+
+
+def test_ncb_is_two_residuals_mhca_then_mlp():
+    m = _randomised(NCB(32, 64, stride=2).double())
+    x = torch.randn(2, 32, 9, 7, dtype=torch.float64)
+    z = m.patch_embed(x)
+    assert z.shape == (2, 64, 5, 4)                              # ceil-mode pooling: the conv's output size
+    z = z + m.mhca(z)
+    torch.testing.assert_close(m(x), z + m.mlp(m.norm(z)), rtol=0, atol=0)
+
+
+def test_ntb_splits_channels_attention_first_then_mhca():
+    m = _randomised(NTB(256, 256).double())
+    assert (m.attn_channels, m.conv_channels) == (192, 64)
+    with torch.no_grad():
+        m.mlp[-1].weight.zero_(), m.mlp[-1].bias.zero_()          # y = the concatenation
+    x = torch.randn(2, 256, 4, 4, dtype=torch.float64)
+    y = m(x)
+    B, C, H, W = 2, 192, 4, 4
+    z = m.patch_embed(x)
+    z = z + m.e_mhsa(m.norm1(z).flatten(2).transpose(1, 2)).transpose(1, 2).reshape(B, C, H, W)
+    o = m.projection(z)
+    torch.testing.assert_close(y[:, :192], z, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y[:, 192:], o + m.mhca(o), rtol=0, atol=1e-12)
+
+
+def test_emhsa_reduction_pools_runs_of_consecutive_tokens_not_squares():
+    """The official spatial reduction: AvgPool1d over the raster-order sequence, runs of R^2 tokens along a row."""
+    e = EMHSA(32, head_dim=32, sr_ratio=2).double().eval()
+    t = torch.randn(1, 64, 32, dtype=torch.float64)             # an 8 x 8 map's tokens
+    strips = t.reshape(1, 16, 4, 32).mean(2)                    # tokens 0-3, 4-7, ...: half rows of the 8 x 8 map
+    expected = F.batch_norm(strips.transpose(1, 2), e.norm.running_mean, e.norm.running_var, e.norm.weight,
+                            e.norm.bias, False, 0.0, e.norm.eps).transpose(1, 2)
+    torch.testing.assert_close(e.keys_from(t), expected)
+
+
+def test_emhsa_is_softmax_attention_over_all_keys():
+    e = _randomised(EMHSA(64, head_dim=32).double())
+    t = torch.randn(2, 10, 64, dtype=torch.float64)
+    q, k, v = (f(t).reshape(2, 10, 2, 32).transpose(1, 2) for f in (e.q, e.k, e.v))
+    a = torch.softmax(q @ k.transpose(-1, -2) / 32 ** 0.5, dim=-1)
+    expected = e.proj((a @ v).transpose(1, 2).reshape(2, 10, 64))
+    torch.testing.assert_close(e(t), expected, rtol=0, atol=1e-12)
+
+
+def test_ntb_reaches_the_whole_map_and_ncb_only_its_neighbourhood():
+    x = torch.randn(1, 64, 9, 9, dtype=torch.float64, requires_grad=True)
+    ntb = _randomised(NTB(64, 64).double())
+    ntb(x)[0, :, 0, 0].sum().backward()
+    assert (x.grad[0].abs().sum(0) > 0).all()
+    x.grad = None
+    ncb = _randomised(NCB(64, 64).double())
+    ncb(x)[0, :, 0, 0].sum().backward()
+    reach = x.grad[0].abs().sum(0) > 0
+    assert reach[:2, :2].all() and not reach[2:].any() and not reach[:, 2:].any()   # one 3x3 conv: radius 1
+
+
+def test_ntb_without_room_for_mhca_is_attention_and_mlp_only():
+    m = NTB(32, 64)
+    assert (m.attn_channels, m.conv_channels, m.mhca) == (64, 0, None)
+    assert m(torch.randn(2, 32, 5, 5)).shape == (2, 64, 5, 5)
+
+
+@pytest.mark.parametrize("cls, kw, match", [
+    (NCB, dict(in_channels=32, out_channels=48), "head_dim=32 must divide out_channels=48"),
+    (NCB, dict(in_channels=32, out_channels=64, stride=3), "stride=3 must be 1 or 2"),
+    (NTB, dict(in_channels=32, out_channels=256, mix_ratio=2.0), "mix_ratio=2.0 gives 512"),
+    (NTB, dict(in_channels=32, out_channels=256, head_dim=40), "head_dim=40 must divide the attention"),
+    (NTB, dict(in_channels=32, out_channels=256, sr_ratio=0), "sr_ratio"),
+])
+def test_bad_hyperparameters_raise(cls, kw, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kw)

@@ -4,5 +4,6 @@ A head replaces the backbone's global pool + linear classifier: ``pl.resnet18(he
 ``models/flow.py`` for how the builder hands the stage outputs over.
 """
 from .afa import AFAHead, afa_fuse
+from .fpt import FPTHead, GroundingTransformer, RenderingTransformer, SelfTransformer
 
-__all__: list[str] = ["AFAHead", "afa_fuse"]
+__all__ = ["afa_fuse", "AFAHead", "FPTHead", "GroundingTransformer", "RenderingTransformer", "SelfTransformer"]

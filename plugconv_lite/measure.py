@@ -130,11 +130,13 @@ def peak_memory_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> 
     return torch.cuda.max_memory_allocated(device) / 2 ** 20
 
 
-def saved_activation_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None) -> float:
+def saved_activation_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None,
+                        nan_if_untrainable: bool = False) -> float:
     """Memory (MB) of the tensors autograd keeps for the backward pass of one training-mode forward on
     ``input_size``: the activation memory training needs, which (unlike ``peak_memory_mb``) can be measured on any
     device. Each storage counts once; the parameters, buffers and the input do not count. Buffers (BN statistics) are
-    restored afterwards, and the model's train/eval mode too."""
+    restored afterwards, and the model's train/eval mode too. ``nan_if_untrainable``: NaN instead of the
+    ``ValueError`` of a model that cannot train on this input (a BatchNorm on pooled features at batch 1)."""
     device = _device_of(model, device)
     x = torch.randn(input_size, device=device, requires_grad=True)
     excluded = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers(), x)}
@@ -151,6 +153,10 @@ def saved_activation_mb(model: nn.Module, input_size=(1, 3, 32, 32), device=None
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model.train()(x)
+    except ValueError:
+        if not nan_if_untrainable:
+            raise
+        return float("nan")
     finally:
         model.train(was_training)
         with torch.no_grad():

@@ -122,3 +122,16 @@ def test_per_sample_loop_equals_the_module_and_costs_one_call_per_sample():
     torch.testing.assert_close(loop(x), m(x))
     assert m.calls == 5 + 1
     assert pl.count_params(loop) == pl.count_params(m)  # shares the module's parameters
+
+
+def test_saved_activations_of_a_model_that_cannot_train_on_the_input_raise_or_give_nan():
+    """A BatchNorm on pooled features cannot train at batch 1: ValueError by default, NaN when asked, and the
+    model's mode and BN statistics are restored either way."""
+    from plugconv_lite.measure import saved_activation_mb
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4)).eval()
+    before = [b.clone() for b in m.buffers()]
+    with pytest.raises(ValueError):
+        saved_activation_mb(m, (1, 3, 8, 8))
+    assert math.isnan(saved_activation_mb(m, (1, 3, 8, 8), nan_if_untrainable=True))
+    assert not m.training and all(torch.equal(a, b) for a, b in zip(before, m.buffers()))
+    assert saved_activation_mb(m, (2, 3, 8, 8), nan_if_untrainable=True) > 0

@@ -52,11 +52,12 @@ def network_costs(names: Sequence[str] = PART, width: int = 64, batch: int = 1, 
     shape = (batch, 3, 32, 32)
     t = compare(nets, baseline="resnet18", input_size=shape, device=device, warmup=warmup, repeats=repeats,
                 rounds=rounds)
+    # NaN where a network cannot train at this batch (a BatchNorm on pooled features at batch 1)
+    saved = [saved_activation_mb(nets[n], shape, device, nan_if_untrainable=True) for n in names]
     df = pd.DataFrame({
         "params_M": t["params"] / 1e6, "GFLOPs": t["flops"] / 1e9 / batch,
         "latency_ms": t["latency_ms"], "latency_x": t["latency_ms_ratio"], "ratio_low": t["ratio_low"],
-        "ratio_high": t["ratio_high"], "saved_MB": [saved_activation_mb(nets[n], shape, device) for n in names]},
-        index=pd.Index(names, name="network"))
+        "ratio_high": t["ratio_high"], "saved_MB": saved}, index=pd.Index(names, name="network"))
     df.insert(1, "params_x", df["params_M"] / df.loc["resnet18", "params_M"])
     df.insert(3, "GFLOPs_x", df["GFLOPs"] / df.loc["resnet18", "GFLOPs"])
     df["saved_x"] = df["saved_MB"] / df.loc["resnet18", "saved_MB"]

@@ -33,10 +33,11 @@ def _mobilenet_pair(c: int, size: int, expand_ratio: int = 6) -> tuple[nn.Module
 
 
 def _genet_pair(width: int) -> tuple[nn.Module, nn.Module]:
-    """ResNet-18's last stage, plain and as GENet builds it (its defaults: grouped from the last stage on)."""
+    """ResNet-18's last stage, plain and as chapter 30's GENet variant builds it (grouped members from layer4 on)."""
     from ..models.resnet import resnet18
+    from .genet import GENET
     torch.manual_seed(0)
-    return resnet18(width=width).layer4, resnet18(width=width, ensemble=4).layer4
+    return resnet18(width=width).layer4, resnet18(width=width, **GENET.model_kw).layer4
 
 
 # name -> (what it replaces, a function building (replaced, module), the input shape without the batch). The places:
@@ -90,8 +91,8 @@ def pair_costs(names: Sequence[str] = PART, batch: int = 1, device=None, warmup:
                      "MFLOPs": t.loc[n, "flops"] / 1e6, "MFLOPs_x": t.loc[n, "flops"] / t.loc["replaced", "flops"],
                      "latency_ms": t.loc[n, "latency_ms"], "latency_x": t.loc[n, "latency_ms_ratio"],
                      "ratio_low": t.loc[n, "ratio_low"], "ratio_high": t.loc[n, "ratio_high"],
-                     "saved_MB": saved_activation_mb(module, size, device),
-                     "saved_MB_replaced": saved_activation_mb(plain, size, device)})
+                     "saved_MB": saved_activation_mb(module, size, device, nan_if_untrainable=True),
+                     "saved_MB_replaced": saved_activation_mb(plain, size, device, nan_if_untrainable=True)})
     df = pd.DataFrame(rows).set_index("module")
     df.attrs.update(batch=batch, device=str(device))
     return df

@@ -39,15 +39,6 @@ def build(name: str, channels: int, device=None) -> nn.Module:
     return m.to(device).eval()
 
 
-def _saved_mb(m: nn.Module, shape, device) -> float:
-    """Training-mode saved-for-backward memory, or NaN where the module cannot train at this batch (a BatchNorm on
-    pooled features at batch 1 raises ``ValueError``)."""
-    try:
-        return saved_activation_mb(m, shape, device)
-    except ValueError:
-        return float("nan")
-
-
 def layer_costs(names: Sequence[str] = DYNAMIC, channels: int = 64, size: int = 32, batch: int = 1, device=None,
                 warmup: int = 1, repeats: int = 6, rounds: int = 3):
     """One row per module (the plain conv first) on a (batch, channels, size, size) map: parameters, FLOPs
@@ -70,7 +61,7 @@ def layer_costs(names: Sequence[str] = DYNAMIC, channels: int = 64, size: int = 
         rows.append({"module": n, "params": int(timed.loc[n, "params"]), "MFLOPs": timed.loc[n, "flops"] / 1e6,
                      "latency_ms": timed.loc[n, "latency_ms"], "latency_x": timed.loc[n, "latency_ms_ratio"],
                      "peak_MB": peak_memory_mb(m, shape, device) if device.type == "cuda" else float("nan"),
-                     "saved_MB": _saved_mb(m, shape, device)})
+                     "saved_MB": saved_activation_mb(m, shape, device, nan_if_untrainable=True)})
     df = pd.DataFrame(rows).set_index("module")
     df.insert(1, "params_x", df["params"] / df.loc[BASELINE, "params"])
     df.insert(3, "MFLOPs_x", df["MFLOPs"] / df.loc[BASELINE, "MFLOPs"])

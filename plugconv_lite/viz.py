@@ -457,7 +457,8 @@ def erf_against_plain(erf: np.ndarray, plain: np.ndarray, rf: int, label: str, p
     return fig
 
 
-def flops_vs_latency(tables: dict, names, title: str = "cost relative to the plain layer"):
+def flops_vs_latency(tables: dict, names, title: str = "cost relative to the plain layer",
+                     xlabel: str = "× plain layer"):
     """One panel per table (e.g. ``{"batch 1": df, "batch 64": df}``, ``measure.compare`` tables with ``MFLOPs_x``
     and ``latency_x`` columns, ratios to a plain layer): for every module in ``names`` (a row each, no labels to
     collide) its FLOP ratio (bar) and its measured latency ratio (dot) on a shared log axis, with 1 marked. Where
@@ -473,7 +474,7 @@ def flops_vs_latency(tables: dict, names, title: str = "cost relative to the pla
                 label="FLOPs")
         ax.scatter(t.loc[names, "latency_x"].to_numpy(float), y, color=PALETTE[3], s=22, zorder=3, label="latency")
         ax.axvline(1, color="0.3", lw=0.8, ls="--")
-        ax.set(xscale="log", title=label, xlabel="× plain layer")
+        ax.set(xscale="log", title=label, xlabel=xlabel)
         ax.set_xlim(min(0.5, lo / 1.5), hi * 1.5)
     axes[0][0].set_yticks(y, names)
     axes[0][0].invert_yaxis()

@@ -103,6 +103,17 @@ def check_channels_last(module: nn.Module, x: torch.Tensor, atol=1e-5):
             torch.testing.assert_close(b.contiguous(), a, atol=atol, rtol=1e-4)
 
 
+def randomise_parameters(m: nn.Module, weight_std: float = 0.3, other_std: float = 0.5, seed: int = 0) -> nn.Module:
+    """Every parameter drawn from a normal (matrices and kernels with ``weight_std``, vectors with ``other_std``), so
+    that a reference computation must use each one correctly (initial values such as a LayerNorm at (1, 0) or zero
+    biases hide mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (weight_std if p.dim() > 1 else other_std))
+    return m
+
+
 def randomise_norms(m: nn.Module, g: torch.Generator) -> nn.Module:
     """Non-trivial BN statistics and affine parameters (so a reference must apply them correctly); eval mode."""
     for bn in m.modules():

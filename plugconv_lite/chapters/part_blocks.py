@@ -45,7 +45,7 @@ def _genet_pair(width: int) -> tuple[nn.Module, nn.Module]:
 # stage (256 channels in, 8 x 8).
 PAIRS: dict[str, tuple[str, Callable[[], tuple[nn.Module, nn.Module]], tuple[int, int, int]]] = {
     "sandglass": ("inverted residual", lambda: _mobilenet_pair(64, 8), (64, 8, 8)),
-    "genet": ("ResNet-18 layer4", lambda: _genet_pair(64), (256, 8, 8)),
+    "genet": ("layer4", lambda: _genet_pair(64), (256, 8, 8)),
     "gsconv": ("3x3 conv", lambda: (create("conv2d", 64, 64, 3), create("gsconv", 64, 64, 3)), (64, 32, 32)),
     "vovgscsp": ("basic block", lambda: (_basic_block(64, 32), create("vovgscsp", 64, 64)), (64, 32, 32)),
     "cg": ("basic block", lambda: (_basic_block(64, 32), create("cg", 64, 64)), (64, 32, 32)),

@@ -5,15 +5,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import plugconv_lite as pl
+from contract import randomise_parameters
 from plugconv_lite.attention.fcvit import FCViTMixer, GlobalContext
 
 
-def _randomised(m):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    return m
 
 
 def reference_gc(m, x):
@@ -35,7 +30,7 @@ def reference_gc(m, x):
 
 @pytest.mark.parametrize("compete", [True, False])
 def test_global_context_equals_the_written_out_equations(compete):
-    m = _randomised(GlobalContext(32, heads=4, reduction=4, compete=compete, dtype=torch.float64))
+    m = randomise_parameters(GlobalContext(32, heads=4, reduction=4, compete=compete, dtype=torch.float64))
     x = torch.randn(3, 32, 5, 7, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference_gc(m, x), rtol=0, atol=1e-12)
 
@@ -43,7 +38,7 @@ def test_global_context_equals_the_written_out_equations(compete):
 def test_context_is_query_irrelevant_one_vector_per_image_times_a_scalar_per_position_and_head():
     """The defining property: within a head every position's output is the SAME vector v (the global context)
     scaled by one number, so the per-head output map has rank 1 over (channels, positions)."""
-    m = _randomised(GlobalContext(32, heads=4, reduction=4, dtype=torch.float64))
+    m = randomise_parameters(GlobalContext(32, heads=4, reduction=4, dtype=torch.float64))
     y = m(torch.randn(2, 32, 6, 6, dtype=torch.float64)).reshape(2, 4, 8, 36)
     for b in range(2):
         for k in range(4):
@@ -63,14 +58,14 @@ def test_similarity_is_standardised_over_heads_and_positions_jointly():
 def test_mixer_reaches_the_whole_map_through_the_global_context():
     """With kernels of 1 (no local mixing at all) the output at one position still depends on every input
     position, through the mean token: global reach at linear cost."""
-    m = _randomised(FCViTMixer(16, heads=4, kernel_sizes=(1, 1), dtype=torch.float64))
+    m = randomise_parameters(FCViTMixer(16, heads=4, kernel_sizes=(1, 1), dtype=torch.float64))
     x = torch.randn(1, 16, 9, 9, dtype=torch.float64, requires_grad=True)
     m(x)[0, :, 0, 0].sum().backward()
     assert (x.grad[0].abs().sum(0) > 0).all()
 
 
 def test_mixer_equals_its_two_rounds_and_starts_near_the_identity():
-    m = _randomised(FCViTMixer(16, heads=4, kernel_sizes=(3, 5), dtype=torch.float64))
+    m = randomise_parameters(FCViTMixer(16, heads=4, kernel_sizes=(3, 5), dtype=torch.float64))
     x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
     t = F.group_norm(x, 1, m.norm.weight, m.norm.bias, m.norm.eps)
     for gc, dw, fc in zip(m.gc, m.dw, m.fc):

@@ -5,15 +5,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import plugconv_lite as pl
+from contract import randomise_parameters
 from plugconv_lite.attention.focal import FocalModulation
 
 
-def _randomised(m):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    return m
 
 
 def reference(m, x):
@@ -39,7 +34,7 @@ def reference(m, x):
 @pytest.mark.parametrize("kw, size", [(dict(), (8, 8)), (dict(focal_level=3, normalize_modulator=True), (9, 6)),
                                       (dict(focal_level=1, focal_window=7, post_ln=True), (5, 7))])
 def test_forward_equals_the_official_order_of_operations(kw, size):
-    m = _randomised(FocalModulation(16, dtype=torch.float64, **kw))
+    m = randomise_parameters(FocalModulation(16, dtype=torch.float64, **kw))
     x = torch.randn(2, 16, *size, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference(m, x), rtol=0, atol=1e-12)
 
@@ -47,7 +42,7 @@ def test_forward_equals_the_official_order_of_operations(kw, size):
 def test_levels_are_hierarchical_with_growing_receptive_fields():
     """z_l sees 1 + sum_{i<=l}(k_i - 1) pixels a side: the receptive field of the stacked depthwise convs, measured
     by the gradient of one position of each level."""
-    m = _randomised(FocalModulation(4, focal_level=3, dtype=torch.float64))
+    m = randomise_parameters(FocalModulation(4, focal_level=3, dtype=torch.float64))
     assert m.kernel_sizes == [3, 5, 7] and m.receptive_fields() == [3, 7, 13]
     x = torch.randn(1, 4, 21, 21, dtype=torch.float64, requires_grad=True)
     _, _, levels = m.contexts(x)
@@ -58,7 +53,7 @@ def test_levels_are_hierarchical_with_growing_receptive_fields():
 
 
 def test_global_level_reaches_every_position():
-    m = _randomised(FocalModulation(4, dtype=torch.float64))
+    m = randomise_parameters(FocalModulation(4, dtype=torch.float64))
     x = torch.randn(1, 4, 12, 12, dtype=torch.float64, requires_grad=True)
     _, _, levels = m.contexts(x)
     levels[-1][0, :, 0, 0].sum().backward()
@@ -67,7 +62,7 @@ def test_global_level_reaches_every_position():
 
 def test_gates_are_raw_not_softmaxed_and_the_modulator_is_linear_in_them():
     """Doubling every gate doubles the modulator minus h's bias: the gates enter linearly, without a softmax."""
-    m = _randomised(FocalModulation(8, dtype=torch.float64))
+    m = randomise_parameters(FocalModulation(8, dtype=torch.float64))
     x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
     _, gates, levels = m.contexts(x)
     assert (gates < 0).any() and not torch.allclose(gates.sum(1), torch.ones_like(gates[:, 0]))
@@ -77,7 +72,7 @@ def test_gates_are_raw_not_softmaxed_and_the_modulator_is_linear_in_them():
 
 def test_query_is_modulated_element_wise():
     """With proj = identity and no bias, the output minus x is q * modulator position by position."""
-    m = _randomised(FocalModulation(8, dtype=torch.float64))
+    m = randomise_parameters(FocalModulation(8, dtype=torch.float64))
     with torch.no_grad():
         m.proj.weight.copy_(torch.eye(8, dtype=torch.float64)[:, :, None, None]), m.proj.bias.zero_()
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64)

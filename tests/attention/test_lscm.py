@@ -5,15 +5,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import plugconv_lite as pl
+from contract import randomise_parameters
 from plugconv_lite.attention.lscm import LSCM, pool_to
 
 
-def _randomised(m):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    return m
 
 
 def reference(m, x):
@@ -40,7 +35,7 @@ def reference(m, x):
 @pytest.mark.parametrize("variant", ["pyramid2", "avgpool"])
 @pytest.mark.parametrize("size, P", [((8, 8), 4), ((9, 7), 3), ((4, 4), 4)])
 def test_forward_equals_the_written_out_correlations(variant, size, P):
-    m = _randomised(LSCM(32, channel_down=4, pool_size=P, variant=variant, dtype=torch.float64))
+    m = randomise_parameters(LSCM(32, channel_down=4, pool_size=P, variant=variant, dtype=torch.float64))
     x = torch.randn(2, 32, *size, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference(m, x), rtol=0, atol=1e-12)
 
@@ -49,7 +44,7 @@ def test_forward_equals_the_written_out_correlations(variant, size, P):
 def test_output_is_x_reweighted_by_a_channel_weight_plus_a_spatial_weight(variant):
     """The defining structure: y = (w_c + w_s) x with w_c (B, C, 1, 1) and w_s (B, 1, H, W) both in (0, 1), so
     y / x is the sum of a per-channel and a per-position number: no identity term, no softmax."""
-    m = _randomised(LSCM(16, channel_down=2, variant=variant, dtype=torch.float64))
+    m = randomise_parameters(LSCM(16, channel_down=2, variant=variant, dtype=torch.float64))
     x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
     w_c, w_s = m.weights(x)
     assert w_c.shape == (2, 16, 1, 1) and w_s.shape == (2, 1, 6, 6)
@@ -63,7 +58,7 @@ def test_output_is_x_reweighted_by_a_channel_weight_plus_a_spatial_weight(varian
 def test_weights_reach_the_whole_map():
     """The spatial weight at one position depends on every position (through the pooled query), and the channel
     weight on all of them (through the correlation over the map)."""
-    m = _randomised(LSCM(16, channel_down=2, dtype=torch.float64))
+    m = randomise_parameters(LSCM(16, channel_down=2, dtype=torch.float64))
     x = torch.randn(1, 16, 8, 8, dtype=torch.float64, requires_grad=True)
     _, w_s = m.weights(x)
     w_s[0, 0, 0, 0].backward()

@@ -7,15 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import plugconv_lite as pl
+from contract import randomise_parameters
 from plugconv_lite.attention.msda import MultiScaleDilatedAttention, neighbours
 
 
-def _randomised(m):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    return m
 
 
 def reference(m, x):
@@ -44,7 +39,7 @@ def reference(m, x):
                                       (dict(kernel_size=5, dilation=(1, 3)), (6, 11))])
 def test_forward_equals_the_unfold_formulation(kw, size):
     C = 48 if kw.get("num_heads") == 3 else 32
-    m = _randomised(MultiScaleDilatedAttention(C, qkv_bias=True, dtype=torch.float64, **kw))
+    m = randomise_parameters(MultiScaleDilatedAttention(C, qkv_bias=True, dtype=torch.float64, **kw))
     x = torch.randn(2, C, *size, dtype=torch.float64)
     torch.testing.assert_close(m(x), reference(m, x), rtol=0, atol=1e-12)
 
@@ -54,7 +49,7 @@ def test_receptive_field_is_strictly_local_with_radius_r_k_minus_1_over_2(k, rat
     """The defining property: the output at a position depends on the inputs within radius r (k - 1) / 2 of it in
     the group at dilation r, so the layer's reach is the largest rate's radius, and nothing beyond it."""
     C = 8 * len(rates)
-    m = _randomised(MultiScaleDilatedAttention(C, num_heads=len(rates), kernel_size=k, dilation=rates,
+    m = randomise_parameters(MultiScaleDilatedAttention(C, num_heads=len(rates), kernel_size=k, dilation=rates,
                                                 dtype=torch.float64))
     size, c = 21, 10
     x = torch.randn(1, C, size, size, dtype=torch.float64, requires_grad=True)
@@ -73,7 +68,7 @@ def test_receptive_field_is_strictly_local_with_radius_r_k_minus_1_over_2(k, rat
 
 
 def test_border_queries_give_weight_to_zero_padded_keys_unless_masked():
-    m = _randomised(MultiScaleDilatedAttention(16, dilation=(1, 2), dtype=torch.float64))
+    m = randomise_parameters(MultiScaleDilatedAttention(16, dilation=(1, 2), dtype=torch.float64))
     x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
     a = m.attention(x)[1]                                       # the dilation-2 group: (1, 1, 9, 6, 6)
     torch.testing.assert_close(a.sum(2), torch.ones(1, 1, 6, 6, dtype=torch.float64))
@@ -95,7 +90,7 @@ def test_neighbours_order_is_the_unfold_order():
 def test_channel_groups_follow_the_rates_in_order():
     """Group g (channels g C/n ... (g+1) C/n of q, k, v) attends at dilation g: zeroing the value projection of
     group 0 changes only what that group contributes before proj."""
-    m = _randomised(MultiScaleDilatedAttention(16, dilation=(1, 2), dtype=torch.float64))
+    m = randomise_parameters(MultiScaleDilatedAttention(16, dilation=(1, 2), dtype=torch.float64))
     nn.init.eye_(m.proj.weight.data), nn.init.zeros_(m.proj.bias.data)
     x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
     y = m(x) - x
@@ -120,7 +115,7 @@ def test_bad_hyperparameters_raise(kw, match):
 
 def test_the_input_is_not_written_to():
     """The official forward writes into a view of its input; this module leaves the caller's tensor alone."""
-    m = _randomised(MultiScaleDilatedAttention(16))
+    m = randomise_parameters(MultiScaleDilatedAttention(16))
     x = torch.randn(1, 16, 5, 5)
     before = x.clone()
     m(x)

@@ -7,16 +7,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import plugconv_lite as pl
+from contract import randomise_parameters
 from plugconv_lite.attention.sra import SpatialReductionAttention, auto_sr_ratio, default_heads
 from plugconv_lite.models.plugs import PlugSite
 
 
+
+
 def _randomised(m):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.1 if p.dim() > 1 else 0.5))
-    return m
+    return randomise_parameters(m, weight_std=0.1)
 
 
 def reference(m, x):

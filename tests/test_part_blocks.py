@@ -62,3 +62,25 @@ def test_flow_diagram_draws_one_arrow_per_connection():
         assert arrows == [6 - 1, 6, 3]  # DCANet: blocks - 1 (the first has none); SDA: every block; head: stages
     finally:
         plt.close(fig)
+
+
+def test_token_part_lists_its_mixers_and_a_missing_one_is_an_error_naming_it():
+    from plugconv_lite.chapters import part_tokens
+    assert part_tokens.PART == ("sra", "sra linear", "msda", "focal", "fcvit", "lscm", "ncb", "ntb", "coatnet")
+    with pytest.raises(LookupError, match="nosuchmixer"):
+        part_tokens.check_registered(("msda", "nosuchmixer"))
+
+
+def test_token_costs_growth_exponent_and_reach():
+    import pandas as pd
+
+    from plugconv_lite.chapters import part_tokens
+    df = part_tokens.cost_vs_size(["sra", "msda"], sizes=(4, 8), channels=16, device="cpu", repeats=1, rounds=1)
+    sra = df[(df.module == "sra") & (df.side == 8)].iloc[0]
+    assert sra["MFLOPs"] * 1e6 == pl.count_flops(part_tokens.build("sra", 16), (1, 16, 8, 8))
+    synthetic = pd.DataFrame({"module": ["a", "a", "b", "b"], "N": [16, 64, 16, 64], "MFLOPs": [1.0, 4.0, 1.0, 16.0]})
+    assert part_tokens.growth_exponent(synthetic) == pytest.approx({"a": 1.0, "b": 2.0})
+    assert part_tokens.reach(part_tokens.BASELINE) == {"reached": 9, "of": 289, "radius": 1, "reach": "local"}
+    msda = part_tokens.reach("msda")                 # dilations (1, 2): the 3x3 and the dilated-2 grid
+    assert (msda["reached"], msda["radius"], msda["reach"]) == (17, 2, "dilated")
+    assert part_tokens.reach("focal")["reach"] == "global"

@@ -10,6 +10,7 @@ where the maps are 8 x 8 and 4 x 4.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -21,9 +22,11 @@ from .._validate import check_float, check_int
 from ..registry import register
 
 
+@functools.lru_cache(maxsize=16)
 def relative_index(H: int, W: int, window: int) -> torch.Tensor:
     """(H W, H W) indices into a (2 window - 1)^2 table: entry (i, j) is the table row of the offset from key j to
-    query i, (dy, dx), each clamped to [-(window - 1), window - 1]."""
+    query i, (dy, dx), each clamped to [-(window - 1), window - 1]. Cached per map size (a CPU tensor, never
+    written to): building it costs more than the attention on large maps."""
     ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     pos = torch.stack([ys.flatten(), xs.flatten()], dim=1)                    # (N, 2)
     d = (pos[:, None, :] - pos[None, :, :]).clamp(-(window - 1), window - 1) + window - 1

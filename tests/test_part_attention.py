@@ -1,6 +1,7 @@
 """The helpers of the part page "Attention at a glance" (plugconv_lite/chapters/part_attention.py)."""
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -40,3 +41,11 @@ def test_probe_trains_the_stem_and_each_module_and_keeps_the_stem_frozen():
     assert not torch.equal(modules["cam"].gamma.detach(), before)       # the zero-initialised gate moved
     assert not any(p.requires_grad for p in stem.parameters())
     assert all(math.isfinite(v["loss"]) for v in info.values())
+
+
+def test_the_part_lists_its_own_modules_and_a_missing_one_is_an_error_naming_it():
+    """A fixed list: the token mixers of a later part keep the attention contract but are not this part's."""
+    assert part.PART == ("a2n", "cam", "cat", "cbam", "danet", "eca", "gc", "pam", "se", "sem", "ulsam")
+    assert not {"sra", "msda", "focal", "fcvit", "lscm"} & set(part.PART)
+    with pytest.raises(LookupError, match="nosuchattention"):
+        part.check_registered(("se", "nosuchattention"))

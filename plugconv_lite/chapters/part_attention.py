@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..measure import compare, count_flops, count_params, peak_memory_mb, saved_activation_mb
-from ..registry import available, create
+from ..registry import create
 
 # the part's modules (chapters 01 and 17-24; DANet registers its two halves too). The token mixers of the part
 # "Token mixers in convolutional networks" keep the attention contract as well; their own part page measures them.
@@ -25,11 +25,8 @@ PART = ("a2n", "cam", "cat", "cbam", "danet", "eca", "gc", "pam", "se", "sem", "
 
 def check_registered(names: Sequence[str] = PART) -> tuple[str, ...]:
     """``names`` if every one is a registered attention module; otherwise a ``LookupError`` naming the missing."""
-    missing = [n for n in names if n not in set(available("attention"))]
-    if missing:
-        raise LookupError(f"attention module(s) {', '.join(missing)} not in the registry: the part page compares "
-                          f"all of {', '.join(names)}")
-    return tuple(names)
+    from .part_dynamic import check_registered as check
+    return check(names, kind="attention")
 
 
 def layer_costs(names: Sequence[str], channels: int = 64, size: int = 16, batch: int = 8, device=None,

@@ -20,13 +20,15 @@ DYNAMIC = ("condconv", "dyconv", "weightnet", "dgc", "drconv", "dcd", "odconv", 
 BASELINE = "conv2d"
 
 
-def check_registered(names: Sequence[str] = DYNAMIC) -> tuple[str, ...]:
-    """``names`` if every one is a registered conv module; otherwise a ``LookupError`` naming the missing ones."""
-    convs = set(available("conv"))
-    missing = [n for n in names if n not in convs]
+def check_registered(names: Sequence[str] = DYNAMIC, kind: str = "conv") -> tuple[str, ...]:
+    """``names`` if every one is a registered module of ``kind``; otherwise a ``LookupError`` naming the missing
+    ones (a part page compares a fixed list: a missing module is an error, never a row that silently disappears).
+    The other part pages use it too."""
+    registered = set(available(kind))
+    missing = [n for n in names if n not in registered]
     if missing:
-        raise LookupError(f"dynamic convolution(s) {', '.join(missing)} not in the registry: the part page compares "
-                          f"all of {', '.join(names)}; registered convs are {', '.join(sorted(convs))}")
+        raise LookupError(f"{kind} module(s) {', '.join(missing)} not in the registry: the part page compares "
+                          f"all of {', '.join(names)}; registered: {', '.join(sorted(registered))}")
     return tuple(names)
 
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from .._validate import check_int
 from ..registry import resolve
-from .flow import Flow, run_stage
+from .flow import Flow, run_stage, uses_flow
 from .plugs import PlugSite, Plugs, plain_conv
 
 
@@ -58,7 +58,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor, flow: Optional[Flow] = None) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out = self.attn(out, flow) if getattr(self.attn, "uses_flow", False) else self.attn(out)
+        out = self.attn(out, flow) if uses_flow(self.attn) else self.attn(out)
         out = out + self.shortcut(x)
         if flow is not None and flow.keep_blocks:
             flow.blocks.append(out)
@@ -107,7 +107,7 @@ class CifarResNet(nn.Module):
         self.stage_attn = None
         if stage_attn is not None:
             for stage in stages:
-                if not all(getattr(b, "uses_flow", False) for b in stage):
+                if not all(uses_flow(b) for b in stage):
                     raise ValueError(f"stage_attn={stage_attn!r} needs blocks that record their outputs (the "
                                      f"model's BasicBlock), not block={block!r}")
             factory, kw = resolve(stage_attn, "stage"), _kw(stage_attn_kw, "stage_attn_kw")

@@ -135,3 +135,58 @@ def test_later_stage_presets_plug_only_the_block_convs_of_those_stages(where, st
                 conv_kw=lambda site: sites.append(site) or {})
     assert len(sites) == count and all(s.kernel_size == 3 and s.role != "stem" for s in sites)
     assert sorted({s.out_resolution for s in sites}, reverse=True) == stages
+
+
+def test_mixer_replaces_only_the_shape_keeping_conv_of_the_chosen_stages():
+    from plugconv_lite.attention.focal import FocalModulation
+    model = pl.resnet18(width=8, mixer="focal", mixer_where="stages2-4")
+    mixed = {n for n, m in model.named_modules() if isinstance(m, FocalModulation)}
+    assert mixed == {f"layer{i}.{j}.conv2" for i in (2, 3, 4) for j in range(2)}
+    # every other k x k conv is the model's own, and the first conv still strides and widens
+    assert type(model.layer1[0].conv2) is type(model.layer2[0].conv1)
+    assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv1.out_channels == 16
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+def test_mixer_block_computes_conv1_then_the_mixer_in_place_of_conv2():
+    torch.manual_seed(0)
+    model = pl.resnet18(width=8, mixer="focal", mixer_where="layer2").eval()
+    block, x = model.layer2[0], torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        h = torch.relu(block.bn1(block.conv1(x)))
+        expected = torch.relu(block.bn2(block.conv2(h)) + block.shortcut(x))
+        torch.testing.assert_close(block(x), expected)
+    # the mixer stands in for conv2 itself (no conv kept around it)
+    assert type(block.conv2).__name__ == "FocalModulation"
+    assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.groups == 1
+               for m in block.conv2.modules())   # its 3 x 3 convs are depthwise
+
+
+def test_mixer_follows_the_mixer_s_from_site_which_may_decline():
+    from plugconv_lite.attention.sra import SpatialReductionAttention
+    model = pl.resnet18(width=64, mixer="sra", mixer_kw={"first_stage": 3})   # no mixer_where: every conv2 asked
+    mixed = {n: m.sr_ratio for n, m in model.named_modules() if isinstance(m, SpatialReductionAttention)}
+    assert set(mixed) == {f"layer{i}.{j}.conv2" for i in (3, 4) for j in range(2)}
+    assert set(mixed.values()) == {1}      # auto ratio from the site's 8 x 8 and 4 x 4 maps
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(mixer_kw={}), "mixer_kw / mixer_where are given without mixer"),
+    (dict(mixer_where="layer2"), "without mixer"),
+    (dict(mixer="se2"), "unknown attention module"),
+    (dict(mixer="focal", mixer_where="sideways"), "mixer_where='sideways'"),
+    (dict(mixer="sra", mixer_where="layer1"), "placed nowhere"),
+    (dict(mixer="focal", ensemble=2, ensemble_from=3, mixer_where="stages3-4"), "groups 2"),
+])
+def test_bad_mixer_arguments_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        pl.resnet18(width=16, **bad)
+
+
+def test_a_network_without_mixer_is_unchanged():
+    torch.manual_seed(0)
+    a = pl.resnet18(width=8)
+    torch.manual_seed(0)
+    b = pl.resnet18(width=8, mixer=None)
+    assert list(a.state_dict()) == list(b.state_dict())
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())

@@ -75,16 +75,16 @@ _WHERE_PRESETS: dict[str, Callable[[PlugSite], bool]] = {
 _WHERE_PRESETS.update({f"layer{i + 1}": (lambda s, i=i: _kxk(s) and s.stage == i) for i in range(4)})
 
 
-def where_predicate(where: Where) -> Callable[[PlugSite], bool]:
+def where_predicate(where: Where, what: str = "conv_where") -> Callable[[PlugSite], bool]:
     if where is None:
         return _WHERE_PRESETS["kxk"]
     if isinstance(where, str):
         if where not in _WHERE_PRESETS:
-            raise ValueError(f"conv_where={where!r} must be a callable or one of {sorted(_WHERE_PRESETS)}")
+            raise ValueError(f"{what}={where!r} must be a callable or one of {sorted(_WHERE_PRESETS)}")
         return _WHERE_PRESETS[where]
     if callable(where):
         return where
-    raise ValueError(f"conv_where={where!r} must be None, a preset name or a callable(site) -> bool")
+    raise ValueError(f"{what}={where!r} must be None, a preset name or a callable(site) -> bool")
 
 
 def _kwargs(kw, site: PlugSite, what: str) -> dict:
@@ -117,8 +117,15 @@ class Plugs:
     """The plug configuration of one model: which conv / attention / block goes where."""
 
     def __init__(self, conv=None, attn=None, block=None, conv_kw=None, attn_kw=None, block_kw=None,
-                 conv_where: Where = None, attn_connect: bool = False):
+                 conv_where: Where = None, attn_connect: bool = False, mixer=None, mixer_kw=None,
+                 mixer_where: Where = None):
         self.conv_factory = None if conv is None else resolve(conv, "conv")
+        # a token mixer (an attention-contract module) in place of the block's shape-keeping k x k conv
+        self.mixer_factory = None if mixer is None else resolve(mixer, "attention")
+        if mixer is None and (mixer_kw is not None or mixer_where is not None):
+            raise ValueError("mixer_kw / mixer_where are given without mixer")
+        self.mixer_kw, self.mixer_where = mixer_kw, where_predicate(mixer_where, "mixer_where")
+        self.mixers = 0                     # how many sites took the mixer
         self.attn_factory = None if attn is None else resolve(attn, "attention")
         # DCANet: each attention module is built as the connected form of ``attn`` and told the channels of the
         # previous one it connects to (None for the first; the builder visits sites in forward order)
@@ -138,6 +145,25 @@ class Plugs:
         if self.conv_factory is None or not self.conv_where(site):
             return plain_conv(site)
         return build_conv(self.conv_factory, site, _kwargs(self.conv_kw, site, "conv_kw"))
+
+    def mixer(self, site: PlugSite) -> Optional[nn.Module]:
+        """The token mixer for ``site`` (a k x k conv that keeps the shape: in = out channels, stride 1), or None
+        (none asked for, ``mixer_where`` leaves the site out, or the mixer's ``from_site`` declines it): the caller
+        then builds its conv with ``conv()``. The mixer replaces the conv, so its own residual form, norm and reach
+        stand in for the conv's 3 x 3 window."""
+        if self.mixer_factory is None or not self.mixer_where(site):
+            return None
+        if site.in_channels != site.out_channels or site.stride != 1 or site.groups != 1:
+            raise ValueError(f"mixer= replaces a conv that keeps the shape (in_channels = out_channels, stride 1, "
+                             f"groups 1); site {site.name} has {site.in_channels} -> {site.out_channels}, stride "
+                             f"{site.stride}, groups {site.groups}")
+        kw = _kwargs(self.mixer_kw, site, "mixer_kw")
+        if hasattr(self.mixer_factory, "from_site"):
+            module = self.mixer_factory.from_site(site, **kw)
+        else:
+            module = self.mixer_factory(site.out_channels, **kw)
+        self.mixers += module is not None
+        return module
 
     def attn(self, site: PlugSite) -> Optional[nn.Module]:
         """The attention module for ``site``, or None (no attention there: none asked for, or declined)."""

@@ -6,7 +6,10 @@ arXiv 1512.03385.
 that change shape are a strided 1x1 conv + BN ("option B"; the paper's CIFAR nets used zero-padding "option A").
 
 Plug points: ``conv=`` replaces the k x k convs in the residual blocks, ``attn=`` sits on the residual branch after
-its last BN and before the addition (SE's standard position), ``block=`` replaces the whole block.
+its last BN and before the addition (SE's standard position), ``block=`` replaces the whole block, ``mixer=`` puts a
+token mixer (an attention-contract module: FocalNet's modulation, MSDA, SRA, ...) in place of each block's second
+3x3 conv, the one that keeps the shape (C -> C, stride 1), where ``mixer_where`` (a ``conv_where`` preset or
+predicate) allows; the first conv still changes the width and the stride.
 
 Options that hand state from one block or stage to another (threaded through a ``Flow``, see ``flow.py``):
 ``attn_connect=True`` connects each block's attention to the previous one's (DCANet), ``stage_attn=`` replaces each
@@ -42,8 +45,10 @@ class BasicBlock(nn.Module):
         conv1 = site.child(name=f"{site.name}.conv1", role="conv1", kernel_size=3)
         self.conv1 = plugs.conv(conv1)
         self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = plugs.conv(site.child(name=f"{site.name}.conv2", role="conv2", in_channels=c_out, stride=1,
-                                           kernel_size=3, resolution=conv1.out_resolution))
+        conv2 = site.child(name=f"{site.name}.conv2", role="conv2", in_channels=c_out, stride=1, kernel_size=3,
+                           resolution=conv1.out_resolution)
+        mixer = plugs.mixer(conv2)
+        self.conv2 = plugs.conv(conv2) if mixer is None else mixer
         self.bn2 = nn.BatchNorm2d(c_out)
         self.attn = plugs.attn(site.child(name=f"{site.name}.attn", role="attn", in_channels=c_out, stride=1,
                                           resolution=conv1.out_resolution)) or nn.Identity()
@@ -72,7 +77,8 @@ class CifarResNet(nn.Module):
     def __init__(self, layers: Sequence[int], widths: Sequence[int], num_classes: int = 100, conv=None, attn=None,
                  block=None, conv_kw=None, attn_kw=None, block_kw=None, conv_where=None, in_channels: int = 3,
                  image_size: int = 32, attn_connect: bool = False, stage_attn=None, stage_attn_kw=None, head=None,
-                 head_kw=None, stage_groups: Optional[Sequence[int]] = None, stem_width: Optional[int] = None):
+                 head_kw=None, mixer=None, mixer_kw=None, mixer_where=None,
+                 stage_groups: Optional[Sequence[int]] = None, stem_width: Optional[int] = None):
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers (length {len(layers)}) and widths (length {len(widths)}) must match")
@@ -85,7 +91,8 @@ class CifarResNet(nn.Module):
         # conv groups per stage (every conv of the stage's blocks, shortcut included): GENet's members, models/genet.py
         stage_groups = [1] * len(layers) if stage_groups is None else list(stage_groups)
         stem_width = widths[0] if stem_width is None else stem_width   # GENet widens layer1 but not the stem
-        self.plugs = plugs = Plugs(conv, attn, block, conv_kw, attn_kw, block_kw, conv_where, attn_connect)
+        self.plugs = plugs = Plugs(conv, attn, block, conv_kw, attn_kw, block_kw, conv_where, attn_connect, mixer,
+                                   mixer_kw, mixer_where)
         self.stem = nn.Sequential(
             plain_conv(PlugSite("stem.0", "stem", in_channels, stem_width, 3, resolution=image_size)),
             nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True))
@@ -100,6 +107,9 @@ class CifarResNet(nn.Module):
                 blocks.append(plugs.block(site) or BasicBlock(site, plugs))
                 c_in, res = c_out, site.out_resolution
             stages.append(nn.Sequential(*blocks))
+        if mixer is not None and not plugs.mixers:
+            raise ValueError(f"mixer={mixer!r} was placed nowhere: mixer_where={mixer_where!r} and the mixer's "
+                             f"from_site left out every block's second conv")
         self.layer1, self.layer2, self.layer3 = stages[0], stages[1], stages[2]
         if len(stages) > 3:
             self.layer4 = stages[3]
@@ -163,7 +173,8 @@ def resnet18(num_classes: int = 100, width: int = 64, conv=None, attn=None, bloc
              block_kw=None, conv_where=None, ensemble: int = 1, ensemble_from: Optional[int] = None,
              ensemble_widen: Optional[float] = None, ensemble_loss: str = "average", **options) -> CifarResNet:
     """CIFAR ResNet-18: stages of 2 BasicBlocks at widths (w, 2w, 4w, 8w); 11.2M parameters at w=64. ``options``:
-    ``attn_connect``, ``stage_attn`` (+ ``stage_attn_kw``), ``head`` (+ ``head_kw``), see ``CifarResNet``.
+    ``attn_connect``, ``stage_attn`` (+ ``stage_attn_kw``), ``head`` (+ ``head_kw``), ``mixer`` (+ ``mixer_kw``,
+    ``mixer_where``), see ``CifarResNet``.
 
     ``ensemble=G > 1`` makes it a GENet group ensemble of G members (``models/genet.py``, ``EnsembleResNet``):
     stages ``ensemble_from`` (1-4, default 4) and later grouped and widened by ``ensemble_widen``."""

@@ -91,3 +91,22 @@ def test_cost_is_linear_in_the_number_of_positions():
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         FocalModulation(16, **kw)
+
+
+def test_a_pixel_beyond_every_local_level_reaches_a_position_only_through_its_global_gate():
+    """Changing one pixel outside every local level's square leaves the local levels at p bit for bit unchanged,
+    and the gated sum at p changes by exactly g_glob(p) * (change of z_glob): one global vector per image, the
+    same at every position, weighted by each position's own gate."""
+    m = randomise_parameters(FocalModulation(6, focal_level=2, dtype=torch.float64))   # reach 3, 7: radius 3
+    x = torch.randn(2, 6, 11, 11, dtype=torch.float64)
+    x2 = x.clone()
+    x2[:, :, 0, 10] += torch.randn(6, dtype=torch.float64)   # not a shift shared by all channels: LN removes it
+    p = (7, 3)                                               # Chebyshev distance 7 from the changed pixel
+    (_, g, lv), (_, g2, lv2) = m.contexts(x), m.contexts(x2)
+    for z, z2 in zip(lv[:-1], lv2[:-1]):
+        assert torch.equal(z[..., p[0], p[1]], z2[..., p[0], p[1]])
+    assert torch.equal(g[..., p[0], p[1]], g2[..., p[0], p[1]])
+    agg = lambda gates, levels: sum(z * gates[:, l:l + 1] for l, z in enumerate(levels))[..., p[0], p[1]]
+    expected = g[:, -1, p[0], p[1], None] * (lv2[-1] - lv[-1])[:, :, 0, 0]
+    assert expected.abs().max() > 1e-6
+    torch.testing.assert_close(agg(g2, lv2) - agg(g, lv), expected, rtol=0, atol=1e-12)

@@ -92,6 +92,16 @@ def growth_exponent(table, column: str = "MFLOPs") -> dict[str, float]:
     return out
 
 
+def reach_map(m: nn.Module, side: int = 17, channels: int = 16) -> torch.Tensor:
+    """|d y[centre] / d x| summed over channels, (side, side): how strongly the centre output of ``m`` (any module
+    with the attention contract, used as it is) reads each input position, on a random float64 input."""
+    m = m.double().eval()
+    x = torch.randn(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    c = side // 2
+    m(x)[0, :, c, c].sum().backward()
+    return x.grad[0].abs().sum(0)
+
+
 def reach(name: str, side: int = 17, channels: int = 16) -> dict:
     """How far one output position reads: the gradient of the centre output of a fresh mixer (parameters moved
     off their initial values, float64) with respect to the input. Returns the number of input positions reached,
@@ -103,11 +113,8 @@ def reach(name: str, side: int = 17, channels: int = 16) -> dict:
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    m.eval()
-    x = torch.randn(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    hit = reach_map(m, side, channels) > 0
     c = side // 2
-    m(x)[0, :, c, c].sum().backward()
-    hit = x.grad[0].abs().sum(0) > 0
     ys, xs = torch.nonzero(hit, as_tuple=True)
     radius = int(max((ys - c).abs().max(), (xs - c).abs().max()))
     square = (2 * radius + 1) ** 2

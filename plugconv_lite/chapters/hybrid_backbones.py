@@ -158,6 +158,32 @@ def best_window(N: int) -> float:
     return N ** 0.25
 
 
+def reach(m: nn.Module, side: int = 16, channels: int = 16):
+    """The part page's gradient probe on ``m`` with fresh random parameters: |d y[centre] / d x| per input position,
+    a (side, side) numpy array (0: not reached)."""
+    from .part_tokens import randomised, reach_map
+    torch.manual_seed(0)
+    return reach_map(randomised(m), side, channels).numpy()
+
+
+def plot_reach(maps: dict, vmin: float = None, vmax: float = None, width: float = 6.8):
+    """One panel per reach map (log10 of the gradient magnitude; white where nothing is reached), the query (the
+    centre) marked with a red cross, and how many positions are reached in each title. Returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(width, 2.5 if len(maps) > 1 else 3.0),
+                             layout="constrained", squeeze=False)
+    for ax, (name, a) in zip(axes[0], maps.items()):
+        logged = np.where(a > 0, np.log10(np.where(a > 0, a, 1.0)), np.nan)
+        ax.imshow(logged, cmap="viridis", vmin=vmin, vmax=vmax)
+        c = a.shape[0] // 2
+        ax.plot(c, c, "r+", ms=8)
+        ax.set_title(f"{name}\n{int((a > 0).sum())} of {a.size} reached", fontsize=9)
+        ax.set(xticks=[], yticks=[])
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------- exercises
 def _map_cases(g: torch.Generator) -> list[dict]:
     out = []

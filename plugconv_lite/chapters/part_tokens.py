@@ -92,6 +92,17 @@ def growth_exponent(table, column: str = "MFLOPs") -> dict[str, float]:
     return out
 
 
+def randomised(m: nn.Module, seed: int = 0) -> nn.Module:
+    """``m`` in float64 with every parameter drawn afresh (weights N(0, 0.3^2), vectors N(0, 0.5^2)), so that no path
+    is switched off by a zero-initialised layer."""
+    m = m.double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
+    return m
+
+
 def reach_map(m: nn.Module, side: int = 17, channels: int = 16) -> torch.Tensor:
     """|d y[centre] / d x| summed over channels, (side, side): how strongly the centre output of ``m`` (any module
     with the attention contract, used as it is) reads each input position, on a random float64 input."""
@@ -108,12 +119,7 @@ def reach(name: str, side: int = 17, channels: int = 16) -> dict:
     their largest Chebyshev distance from the centre, and a word: "global" (every position), "dilated" (gaps inside
     the reached square), or "local"."""
     torch.manual_seed(0)
-    m = build(name, channels).double()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    hit = reach_map(m, side, channels) > 0
+    hit = reach_map(randomised(build(name, channels)), side, channels) > 0
     c = side // 2
     ys, xs = torch.nonzero(hit, as_tuple=True)
     radius = int(max((ys - c).abs().max(), (xs - c).abs().max()))

@@ -92,22 +92,35 @@ def growth_exponent(table, column: str = "MFLOPs") -> dict[str, float]:
     return out
 
 
+def randomised(m: nn.Module, seed: int = 0) -> nn.Module:
+    """``m`` in float64 with every parameter drawn afresh (weights N(0, 0.3^2), vectors N(0, 0.5^2)), so that no path
+    is switched off by a zero-initialised layer."""
+    m = m.double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
+    return m
+
+
+def reach_map(m: nn.Module, side: int = 17, channels: int = 16) -> torch.Tensor:
+    """|d y[centre] / d x| summed over channels, (side, side): how strongly the centre output of ``m`` (any module
+    with the attention contract, used as it is) reads each input position, on a random float64 input."""
+    m = m.double().eval()
+    x = torch.randn(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    c = side // 2
+    m(x)[0, :, c, c].sum().backward()
+    return x.grad[0].abs().sum(0)
+
+
 def reach(name: str, side: int = 17, channels: int = 16) -> dict:
     """How far one output position reads: the gradient of the centre output of a fresh mixer (parameters moved
     off their initial values, float64) with respect to the input. Returns the number of input positions reached,
     their largest Chebyshev distance from the centre, and a word: "global" (every position), "dilated" (gaps inside
     the reached square), or "local"."""
     torch.manual_seed(0)
-    m = build(name, channels).double()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    m.eval()
-    x = torch.randn(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    hit = reach_map(randomised(build(name, channels)), side, channels) > 0
     c = side // 2
-    m(x)[0, :, c, c].sum().backward()
-    hit = x.grad[0].abs().sum(0) > 0
     ys, xs = torch.nonzero(hit, as_tuple=True)
     radius = int(max((ys - c).abs().max(), (xs - c).abs().max()))
     square = (2 * radius + 1) ** 2

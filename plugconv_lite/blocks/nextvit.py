@@ -164,7 +164,7 @@ class EMHSA(nn.Module):
 @register("ntb", "block", paper="Next-ViT: Next Generation Vision Transformer for Efficient Deployment in Realistic "
           "Industrial Scenarios", year=2022, arxiv="2207.05501", url="https://github.com/bytedance/Next-ViT")
 class NTB(nn.Module):
-    """C_1 = make_divisible(mix_ratio C, 32) channels of attention, C_2 = C - C_1 of MHCA:
+    """C_1 = make_divisible(int(mix_ratio C), 32) channels of attention, C_2 = C - C_1 of MHCA:
 
         x = PE(x) (to C_1);   x = x + E-MHSA(BN_1(x))            global mixing on C_1 channels
         o = PE'(x) (to C_2);  o = o + MHCA(o)                     local mixing on C_2 channels
@@ -173,7 +173,8 @@ class NTB(nn.Module):
     The concatenation puts the attention channels first. Where C_1 takes every channel (out_channels of 64 or
     less: make_divisible(0.75 C, 32) = C), C_2 = 0 and the block is E-MHSA + MLP only; the official block fails to
     build there (an MHCA of 0 channels). CIFAR ResNet-18 widths 256 and 512 give C_2 = 64 and 128. A layer narrower
-    than ``head_dim`` has one head of all its channels, and its C_1 is rounded to that width instead of 32.
+    than ``head_dim`` has one head of all its channels, and one narrower than 32 rounds C_1 to its width instead of
+    32 (so C_1 = C). The multiple is 32 whatever ``head_dim``, as in the official block.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, sr_ratio: int = 1, head_dim: int = 32,
@@ -182,8 +183,9 @@ class NTB(nn.Module):
         head_dim = _check(in_channels, out_channels, stride, head_dim)
         check_float("mix_ratio", mix_ratio, min_value=0, min_inclusive=False)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        # the official rounds to multiples of 32 (its head_dim); a narrower layer's single head sets the multiple
-        self.attn_channels = _divisible(out_channels * mix_ratio, min(32, head_dim))
+        # the official rounds int(mix_ratio C) to a multiple of 32, whatever head_dim; a layer narrower than 32 to
+        # its own width
+        self.attn_channels = _divisible(int(out_channels * mix_ratio), min(32, out_channels))
         self.conv_channels = out_channels - self.attn_channels
         if self.conv_channels < 0:
             raise ValueError(f"mix_ratio={mix_ratio} gives {self.attn_channels} attention channels, more than "

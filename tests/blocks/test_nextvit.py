@@ -87,6 +87,15 @@ def test_ntb_reaches_the_whole_map_and_ncb_only_its_neighbourhood():
     assert reach[:2, :2].all() and not reach[2:].any() and not reach[:, 2:].any()   # one 3x3 conv: radius 1
 
 
+def test_ntb_split_is_the_official_make_divisible_of_int_mix_c_by_32_whatever_head_dim():
+    """The official C_1 = _make_divisible(int(mix C), 32): a multiple of 32 even with narrower heads, and the int()
+    first (it decides the 0.9 rule near a rounding boundary)."""
+    assert (lambda m: (m.attn_channels, m.conv_channels))(NTB(112, 112, head_dim=16)) == (96, 16)  # by 16: 80
+    assert NTB(64, 64, mix_ratio=0.561).attn_channels == 32          # int(35.9) = 35 -> 32; 35.9 itself -> 64
+    assert NTB(256, 256, head_dim=8).attn_channels == 192
+    assert NTB(16, 16).attn_channels == 16                             # narrower than 32: one head, C_1 = C
+
+
 def test_ntb_without_room_for_mhca_is_attention_and_mlp_only():
     m = NTB(32, 64)
     assert (m.attn_channels, m.conv_channels, m.mhca) == (64, 0, None)

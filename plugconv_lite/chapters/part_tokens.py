@@ -11,7 +11,7 @@ registry is an error naming it, never a row that silently disappears.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,11 +46,12 @@ def check_registered(names: Sequence[str] = PART) -> tuple[str, ...]:
     return tuple(names)
 
 
-def build(name: str, channels: int = 64) -> nn.Module:
-    """The mixer ``name`` (or the 3x3 conv) at ``channels`` in and out, in eval mode."""
+def build(name: str, channels: int = 64, spec: Optional[tuple[str, dict]] = None) -> nn.Module:
+    """The mixer ``name`` (or the 3x3 conv) at ``channels`` in and out, in eval mode; ``spec`` (registry name,
+    keywords) builds a setting outside ``MIXERS`` (a chapter's own hyperparameters) under that name."""
     if name == BASELINE:
         return create("conv2d", channels, channels, 3).eval()
-    reg, kw = MIXERS[name]
+    reg, kw = MIXERS[name] if spec is None else spec
     args = (channels,) if _kind(reg) == "attention" else (channels, channels)
     return create(reg, *args, **kw).eval()
 
@@ -61,15 +62,21 @@ def _kind(reg: str) -> str:
 
 
 def cost_vs_size(names: Sequence[str] = PART, sizes: Sequence[int] = (8, 16, 32, 64), channels: int = 64,
-                 batch: int = 1, device=None, repeats: int = 2, rounds: int = 2):
+                 batch: int = 1, device=None, repeats: int = 2, rounds: int = 2,
+                 extra: Optional[Mapping[str, tuple[str, dict]]] = None):
     """A long table, one row per (module, map side): parameters, FLOPs, median forward latency (ms) and the MB one
-    training step keeps for backward, for the 3x3 conv and every mixer."""
+    training step keeps for backward, for the 3x3 conv and every mixer. ``extra`` adds settings by name, each a
+    (registry name, keywords) pair: a chapter's own hyperparameters measured in the same sweep (SRA's ratios)."""
     import pandas as pd
 
     names = check_registered(names)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     modules = {n: build(n, channels).to(device) for n in (BASELINE, *names)}
+    for n, spec in (extra or {}).items():
+        if n in modules:
+            raise ValueError(f"extra setting {n!r} repeats a name already measured")
+        modules[n] = build(n, channels, spec).to(device)
     rows = []
     for s in sizes:
         shape = (batch, channels, s, s)
@@ -92,22 +99,35 @@ def growth_exponent(table, column: str = "MFLOPs") -> dict[str, float]:
     return out
 
 
+def randomised(m: nn.Module, seed: int = 0) -> nn.Module:
+    """``m`` in float64 with every parameter drawn afresh (weights N(0, 0.3^2), vectors N(0, 0.5^2)), so that no path
+    is switched off by a zero-initialised layer."""
+    m = m.double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
+    return m
+
+
+def reach_map(m: nn.Module, side: int = 17, channels: int = 16) -> torch.Tensor:
+    """|d y[centre] / d x| summed over channels, (side, side): how strongly the centre output of ``m`` (any module
+    with the attention contract, used as it is) reads each input position, on a random float64 input."""
+    m = m.double().eval()
+    x = torch.randn(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    c = side // 2
+    m(x)[0, :, c, c].sum().backward()
+    return x.grad[0].abs().sum(0)
+
+
 def reach(name: str, side: int = 17, channels: int = 16) -> dict:
     """How far one output position reads: the gradient of the centre output of a fresh mixer (parameters moved
     off their initial values, float64) with respect to the input. Returns the number of input positions reached,
     their largest Chebyshev distance from the centre, and a word: "global" (every position), "dilated" (gaps inside
     the reached square), or "local"."""
     torch.manual_seed(0)
-    m = build(name, channels).double()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.3 if p.dim() > 1 else 0.5))
-    m.eval()
-    x = torch.randn(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    hit = reach_map(randomised(build(name, channels)), side, channels) > 0
     c = side // 2
-    m(x)[0, :, c, c].sum().backward()
-    hit = x.grad[0].abs().sum(0) > 0
     ys, xs = torch.nonzero(hit, as_tuple=True)
     radius = int(max((ys - c).abs().max(), (xs - c).abs().max()))
     square = (2 * radius + 1) ** 2

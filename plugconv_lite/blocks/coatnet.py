@@ -112,8 +112,7 @@ class CoAtNetBlock(nn.Module):
         ``first_stage`` (numbered 1-4; the default 3 gives the paper's C-C-T-T on a ResNet-18: attention on the 8 x 8
         and 4 x 4 maps, not on stage 1's 1024 tokens); ``window`` defaults to the side of the map after the block's
         pooling."""
-        check_int("first_stage", first_stage, min_value=1)
-        if site.stage >= 0 and site.stage + 1 < first_stage:
+        if site.before_stage(first_stage):
             return None
         if window is None and site.resolution is not None:
             window = max(1, -(-site.resolution // site.stride))

@@ -5,6 +5,7 @@ import torch.nn as nn
 import plugconv_lite as pl
 from plugconv_lite.attention import SEModule
 from plugconv_lite.measure import count_params
+from plugconv_lite.models.plugs import PlugSite
 
 
 @pytest.mark.parametrize("builder,params", [(pl.resnet18, 11_220_132), (pl.resnet20, 278_324),
@@ -190,3 +191,11 @@ def test_a_network_without_mixer_is_unchanged():
     b = pl.resnet18(width=8, mixer=None)
     assert list(a.state_dict()) == list(b.state_dict())
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_plug_site_before_stage_counts_stages_from_1_and_never_holds_outside_the_stages():
+    site = PlugSite("layer2.0", "block", 64, 128, 3, 2, stage=1, block=0, resolution=32)
+    assert [site.before_stage(f) for f in (1, 2, 3, 4)] == [False, False, True, True]
+    assert not site.child(stage=-1).before_stage(4)
+    with pytest.raises(ValueError, match="first_stage=0 must be >= 1"):
+        site.before_stage(0)

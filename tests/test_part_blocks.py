@@ -84,3 +84,15 @@ def test_token_costs_growth_exponent_and_reach():
     msda = part_tokens.reach("msda")                 # dilations (1, 2): the 3x3 and the dilated-2 grid
     assert (msda["reached"], msda["radius"], msda["reach"]) == (17, 2, "dilated")
     assert part_tokens.reach("focal")["reach"] == "global"
+
+
+def test_token_costs_measure_extra_settings_under_their_names():
+    from plugconv_lite.attention.sra import SpatialReductionAttention
+    from plugconv_lite.chapters import part_tokens
+    df = part_tokens.cost_vs_size(["sra"], sizes=(8,), channels=16, device="cpu", repeats=1, rounds=1,
+                                  extra={"sra R=2": ("sra", {"sr_ratio": 2})})
+    got = df.set_index("module")["MFLOPs"] * 1e6
+    assert got["sra R=2"] == pl.count_flops(SpatialReductionAttention(16, sr_ratio=2), (1, 16, 8, 8))
+    assert got["sra R=2"] < got["sra"]
+    with pytest.raises(ValueError, match="'sra' repeats"):
+        part_tokens.cost_vs_size(["sra"], sizes=(8,), channels=16, device="cpu", extra={"sra": ("sra", {})})

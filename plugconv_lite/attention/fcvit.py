@@ -109,6 +109,23 @@ class FCViTMixer(nn.Module):
                                               nn.Conv2d(hidden, C, 1, **factory)) for _ in range(2))
         self.layer_scale = nn.Parameter(torch.full((C,), check_float("layer_scale", layer_scale), **factory))
 
+    @classmethod
+    def from_site(cls, site, kernel_sizes=(11, 11), clip_to_map: bool = True, **kw) -> "FCViTMixer":
+        """For a backbone's plug point (``mixer=`` or ``attn=``): with ``clip_to_map`` each kernel is clipped to
+        ``2 * site.resolution - 1``, the widest kernel whose every tap reaches a pixel of the map from some output
+        position. On an H x H map with padding k // 2 a tap at offset o from the centre reads a pixel only if
+        |o| <= H - 1, so the taps beyond it multiply zero padding at every position: clipping them removes dead
+        weights and counted FLOPs and leaves the function class unchanged (the clipped mixer computes what the
+        full one does with those taps at any value). The released 11 x 11 stays on 8 x 8 and larger maps and
+        becomes 7 x 7 on 4 x 4. The rule is set for the site's map (a 32 x 32 image); a larger input would see
+        the clipped kernel's shorter reach."""
+        if not isinstance(clip_to_map, bool):
+            raise ValueError(f"clip_to_map={clip_to_map!r} must be True or False")
+        if clip_to_map and site.resolution is not None and not isinstance(kernel_sizes, int):
+            kernel_sizes = tuple(min(k, 2 * site.resolution - 1) if isinstance(k, int) else k
+                                 for k in kernel_sizes)
+        return cls(site.out_channels, kernel_sizes=kernel_sizes, **kw)
+
     def mixer(self, t: torch.Tensor) -> torch.Tensor:
         """M(t), the token mixer on a normalised map."""
         for gc, dw, fc in zip(self.gc, self.dw, self.fc):

@@ -1,4 +1,4 @@
-"""Multi-scale dilated attention (MSDA, DilateFormer). Jiao, Zhang, Zhao, Yu, Tian, Zou, Zhang: "DilateFormer: Multi-Scale
+"""Multi-scale dilated attention (MSDA, DilateFormer). Jiao, Tang, Lin, Gao, Ma, Wang, Zheng: "DilateFormer: Multi-Scale
 Dilated Transformer for Visual Recognition", IEEE TMM 2023, arXiv 2302.01791 (official code:
 github.com/JIAOJIAYUASD/dilateformer, models/dilateformer.py, ``MultiDilatelocalAttention``).
 

@@ -91,8 +91,7 @@ class SpatialReductionAttention(nn.Module):
         """For a backbone's attention plug point: None (declined) in stages before ``first_stage`` (numbered 1-4
         as in the papers; the default leaves out stage 1, whose 32 x 32 map has 1024 tokens); ``sr_ratio=None``
         picks ``auto_sr_ratio(site.resolution, keys)`` (not with ``linear=True``)."""
-        check_int("first_stage", first_stage, min_value=1)
-        if site.stage >= 0 and site.stage + 1 < first_stage:
+        if site.before_stage(first_stage):
             return None
         if sr_ratio is None:
             sr_ratio = 1 if kw.get("linear") else auto_sr_ratio(site.resolution, keys)

@@ -39,7 +39,7 @@ class RelativeAttention(nn.Module):
         A_h = softmax(q_h k_h^T / sqrt(d) + B_h),  B_h[i, j] = table_h[offset(i, j)],  out = proj(concat_h A_h v_h)
 
     The bias is added to the logits before the softmax (``F.scaled_dot_product_attention`` with a float
-    ``attn_mask``: the fused kernels apply where the backend supports an additive mask). Offsets beyond
+    ``attn_mask`` of shape (1, heads, N, N): the fused kernels apply where the backend supports an additive mask). Offsets beyond
     ``window - 1`` share the table's edge entries."""
 
     def __init__(self, in_channels: int, out_channels: int, head_dim: int = 32, window: int = 8):
@@ -71,7 +71,8 @@ class RelativeAttention(nn.Module):
     def forward(self, t: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, _ = t.shape
         q, k, v = self._qkv(t)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(H, W).to(q.dtype))
+        # a 4-D (1, heads, N, N) mask: torch's fused CPU kernel takes no 3-D mask and falls back to the math path
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias(H, W).to(q.dtype)[None])
         return self.proj(o.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -111,8 +112,7 @@ class CoAtNetBlock(nn.Module):
         ``first_stage`` (numbered 1-4; the default 3 gives the paper's C-C-T-T on a ResNet-18: attention on the 8 x 8
         and 4 x 4 maps, not on stage 1's 1024 tokens); ``window`` defaults to the side of the map after the block's
         pooling."""
-        check_int("first_stage", first_stage, min_value=1)
-        if site.stage >= 0 and site.stage + 1 < first_stage:
+        if site.before_stage(first_stage):
             return None
         if window is None and site.resolution is not None:
             window = max(1, -(-site.resolution // site.stride))

@@ -10,11 +10,14 @@ in one block. Everything is BatchNorm-based, so a deployed network folds the pre
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .._validate import check_float, check_int
+from ..attention.sra import auto_sr_ratio
 from ..registry import register
 
 EPS = 1e-5
@@ -90,6 +93,32 @@ class NCB(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels, eps=EPS)
         self.mlp = MLP(out_channels, check_float("mlp_ratio", mlp_ratio, min_value=0, min_inclusive=False))
 
+    @classmethod
+    def from_site(cls, site, first_stage: int = 1, ntb_every: Optional[int] = None, ntb_kw: Optional[dict] = None,
+                  **kw) -> Optional[nn.Module]:
+        """For a backbone's block plug point, Next-ViT's stacking rule ("Next Hybrid Strategy"): None (declined:
+        the backbone keeps its own block) in stages before ``first_stage`` (numbered 1-4); with ``ntb_every`` = n,
+        block j of a stage (0-based) is an NTB where j + 1 is a multiple of n, built by ``NTB.from_site`` with
+        ``ntb_kw`` (its ``sr_ratio`` chosen from the map unless given); every other block is an NCB with ``kw``.
+        Next-ViT ends its stages with an NTB and puts one after every four NCBs in its long third stage (n = 5);
+        a ResNet-18's stages of two blocks take n = 2: an NCB, then an NTB. Without ``ntb_every``, NCBs only."""
+        ntb_kw = {} if ntb_kw is None else ntb_kw
+        if not isinstance(ntb_kw, dict) or "first_stage" in ntb_kw:
+            raise ValueError(f"ntb_kw={ntb_kw!r} must be a dict of NTB keywords without first_stage (the NCB rule's "
+                             f"first_stage applies to both blocks)")
+        if site.before_stage(first_stage):
+            return None
+        if ntb_every is not None:
+            check_int("ntb_every", ntb_every, min_value=1)
+            if site.block < 0:
+                raise ValueError(f"ntb_every={ntb_every} needs the block's index in its stage; site {site.name} has "
+                                 f"block={site.block}")
+            if (site.block + 1) % ntb_every == 0:
+                return NTB.from_site(site, first_stage=first_stage, **ntb_kw)
+        elif ntb_kw:
+            raise ValueError(f"ntb_kw={ntb_kw!r} is given without ntb_every (no block would be an NTB)")
+        return cls(site.in_channels, site.out_channels, stride=site.stride, **kw)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         x = x + self.mhca(x)
@@ -135,7 +164,7 @@ class EMHSA(nn.Module):
 @register("ntb", "block", paper="Next-ViT: Next Generation Vision Transformer for Efficient Deployment in Realistic "
           "Industrial Scenarios", year=2022, arxiv="2207.05501", url="https://github.com/bytedance/Next-ViT")
 class NTB(nn.Module):
-    """C_1 = make_divisible(mix_ratio C, 32) channels of attention, C_2 = C - C_1 of MHCA:
+    """C_1 = make_divisible(int(mix_ratio C), 32) channels of attention, C_2 = C - C_1 of MHCA:
 
         x = PE(x) (to C_1);   x = x + E-MHSA(BN_1(x))            global mixing on C_1 channels
         o = PE'(x) (to C_2);  o = o + MHCA(o)                     local mixing on C_2 channels
@@ -144,7 +173,8 @@ class NTB(nn.Module):
     The concatenation puts the attention channels first. Where C_1 takes every channel (out_channels of 64 or
     less: make_divisible(0.75 C, 32) = C), C_2 = 0 and the block is E-MHSA + MLP only; the official block fails to
     build there (an MHCA of 0 channels). CIFAR ResNet-18 widths 256 and 512 give C_2 = 64 and 128. A layer narrower
-    than ``head_dim`` has one head of all its channels, and its C_1 is rounded to that width instead of 32.
+    than ``head_dim`` has one head of all its channels, and one narrower than 32 rounds C_1 to its width instead of
+    32 (so C_1 = C). The multiple is 32 whatever ``head_dim``, as in the official block.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, sr_ratio: int = 1, head_dim: int = 32,
@@ -153,8 +183,9 @@ class NTB(nn.Module):
         head_dim = _check(in_channels, out_channels, stride, head_dim)
         check_float("mix_ratio", mix_ratio, min_value=0, min_inclusive=False)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        # the official rounds to multiples of 32 (its head_dim); a narrower layer's single head sets the multiple
-        self.attn_channels = _divisible(out_channels * mix_ratio, min(32, head_dim))
+        # the official rounds int(mix_ratio C) to a multiple of 32, whatever head_dim; a layer narrower than 32 to
+        # its own width
+        self.attn_channels = _divisible(int(out_channels * mix_ratio), min(32, out_channels))
         self.conv_channels = out_channels - self.attn_channels
         if self.conv_channels < 0:
             raise ValueError(f"mix_ratio={mix_ratio} gives {self.attn_channels} attention channels, more than "
@@ -172,6 +203,20 @@ class NTB(nn.Module):
             self.mhca = MHCA(self.conv_channels, head_dim)
         self.norm2 = nn.BatchNorm2d(out_channels, eps=EPS)
         self.mlp = MLP(out_channels, check_float("mlp_ratio", mlp_ratio, min_value=0, min_inclusive=False))
+
+    @classmethod
+    def from_site(cls, site, first_stage: int = 3, sr_ratio: Optional[int] = None, keys: int = 49,
+                  **kw) -> Optional["NTB"]:
+        """For a backbone's block plug point: None (declined) in stages before ``first_stage`` (numbered 1-4; the
+        default 3 keeps attention off a CIFAR ResNet-18's 32 x 32 and 16 x 16 maps: 1024 and 256 tokens).
+        ``sr_ratio=None`` picks ``auto_sr_ratio(side, keys)`` for the map after the block's stride: the largest power
+        of two leaving at least ``keys`` keys. ``keys=49`` gives the official ratios 8, 4, 2, 1 on Next-ViT's 56, 28,
+        14 and 7 pixel maps (a 224 input: 49 keys everywhere), and 1 on the 8 x 8 and 4 x 4 maps of stages 3-4."""
+        if site.before_stage(first_stage):
+            return None
+        if sr_ratio is None:
+            sr_ratio = auto_sr_ratio(site.out_resolution, check_int("keys", keys, min_value=1))
+        return cls(site.in_channels, site.out_channels, stride=site.stride, sr_ratio=sr_ratio, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

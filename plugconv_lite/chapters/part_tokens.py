@@ -11,7 +11,7 @@ registry is an error naming it, never a row that silently disappears.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,11 +46,12 @@ def check_registered(names: Sequence[str] = PART) -> tuple[str, ...]:
     return tuple(names)
 
 
-def build(name: str, channels: int = 64) -> nn.Module:
-    """The mixer ``name`` (or the 3x3 conv) at ``channels`` in and out, in eval mode."""
+def build(name: str, channels: int = 64, spec: Optional[tuple[str, dict]] = None) -> nn.Module:
+    """The mixer ``name`` (or the 3x3 conv) at ``channels`` in and out, in eval mode; ``spec`` (registry name,
+    keywords) builds a setting outside ``MIXERS`` (a chapter's own hyperparameters) under that name."""
     if name == BASELINE:
         return create("conv2d", channels, channels, 3).eval()
-    reg, kw = MIXERS[name]
+    reg, kw = MIXERS[name] if spec is None else spec
     args = (channels,) if _kind(reg) == "attention" else (channels, channels)
     return create(reg, *args, **kw).eval()
 
@@ -61,15 +62,21 @@ def _kind(reg: str) -> str:
 
 
 def cost_vs_size(names: Sequence[str] = PART, sizes: Sequence[int] = (8, 16, 32, 64), channels: int = 64,
-                 batch: int = 1, device=None, repeats: int = 2, rounds: int = 2):
+                 batch: int = 1, device=None, repeats: int = 2, rounds: int = 2,
+                 extra: Optional[Mapping[str, tuple[str, dict]]] = None):
     """A long table, one row per (module, map side): parameters, FLOPs, median forward latency (ms) and the MB one
-    training step keeps for backward, for the 3x3 conv and every mixer."""
+    training step keeps for backward, for the 3x3 conv and every mixer. ``extra`` adds settings by name, each a
+    (registry name, keywords) pair: a chapter's own hyperparameters measured in the same sweep (SRA's ratios)."""
     import pandas as pd
 
     names = check_registered(names)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     modules = {n: build(n, channels).to(device) for n in (BASELINE, *names)}
+    for n, spec in (extra or {}).items():
+        if n in modules:
+            raise ValueError(f"extra setting {n!r} repeats a name already measured")
+        modules[n] = build(n, channels, spec).to(device)
     rows = []
     for s in sizes:
         shape = (batch, channels, s, s)

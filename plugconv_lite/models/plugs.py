@@ -22,6 +22,7 @@ from typing import Callable, Optional, Union
 
 import torch.nn as nn
 
+from .._validate import check_int
 from ..receptive import conv_output_size
 from ..conv.base import Conv2d
 from ..registry import resolve
@@ -52,6 +53,13 @@ class PlugSite:
 
     def child(self, **changes) -> "PlugSite":
         return replace(self, **changes)
+
+    def before_stage(self, first_stage: int) -> bool:
+        """Whether the site lies in a stage before ``first_stage`` (stages numbered 1-4 as in the papers; ``stage`` is
+        0-based): the test a module's ``from_site`` uses to decline the early, large maps. A site outside the stages
+        (stage -1) is never before."""
+        check_int("first_stage", first_stage, min_value=1)
+        return 0 <= self.stage < first_stage - 1
 
 
 Where = Union[None, str, Callable[[PlugSite], bool]]

@@ -89,3 +89,31 @@ def test_cost_is_linear_in_the_number_of_positions():
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         FCViTMixer(32, **kw)
+
+
+def test_from_site_clips_only_the_taps_that_never_reach_the_map_and_computes_the_same():
+    """On an H x H map a tap at offset |o| > H - 1 only ever multiplies zero padding: the clipped kernel
+    (2H - 1) with the centre of the full kernel's weights gives exactly the full mixer's output."""
+    from plugconv_lite.models.plugs import PlugSite
+    site = PlugSite("layer4.0.conv2", "conv2", 16, 16, 3, stage=3, block=0, resolution=4)
+    clipped = FCViTMixer.from_site(site, heads=4)
+    assert clipped.kernel_sizes == (7, 7)
+    assert FCViTMixer.from_site(site.child(resolution=8), heads=4).kernel_sizes == (11, 11)
+    assert FCViTMixer.from_site(site, heads=4, clip_to_map=False).kernel_sizes == (11, 11)
+    full = randomise_parameters(FCViTMixer(16, heads=4, dtype=torch.float64))
+    clipped = clipped.double()
+    state = {k: (v[..., 2:-2, 2:-2] if k.startswith("dw.") and k.endswith("weight") else v)
+             for k, v in full.state_dict().items()}
+    clipped.load_state_dict(state)
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(clipped(x), full(x), rtol=0, atol=1e-12)
+    full_site = FCViTMixer.from_site(site.child(resolution=None), heads=4)   # unknown map: nothing clipped
+    assert full_site.kernel_sizes == (11, 11)
+
+
+def test_resnet_mixer_sites_get_the_released_kernels_clipped_per_stage():
+    model = pl.resnet18(width=8, mixer="fcvit", mixer_where="stages2-4", mixer_kw={"heads": 4})
+    ks = {n: m.kernel_sizes for n, m in model.named_modules() if isinstance(m, FCViTMixer)}
+    assert ks == {f"layer{i}.{j}.conv2": (7, 7) if i == 4 else (11, 11) for i in (2, 3, 4) for j in (0, 1)}
+    with pytest.raises(ValueError, match="clip_to_map='yes' must be True or False"):
+        pl.resnet18(width=8, mixer="fcvit", mixer_where="stages2-4", mixer_kw={"clip_to_map": "yes"})

@@ -81,3 +81,12 @@ def test_cost_is_linear_in_the_number_of_positions():
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         LSCM(32, **kw)
+
+
+def test_chapter_flops_reference_equals_the_network_difference():
+    """Chapter 36's exercise reference counts each LSCM at its own map; it must equal what LSCM adds to the network."""
+    from plugconv_lite.chapters.lscm import _lscm_resnet_flops
+    from plugconv_lite.exercises import resnet18_overhead
+    for variant in ("pyramid2", "avgpool"):
+        kw = dict(channel_down=3, pool_size=5, variant=variant)
+        assert _lscm_resnet_flops(6, **kw) == resnet18_overhead("flops", 6, attn="lscm", attn_kw=kw)

@@ -90,3 +90,23 @@ def test_from_site_sets_the_window_to_the_map_and_gives_c_c_t_t_on_resnet18():
 def test_bad_hyperparameters_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         CoAtNetBlock(32, 64, **kw)
+
+
+def test_forward_passes_a_mask_the_fused_cpu_kernel_accepts():
+    """The bias goes to SDPA as a (1, heads, N, N) float mask: torch's fused CPU kernel refuses a 3-D mask (the
+    call then falls back to the math path), so with only that kernel allowed a 3-D mask fails. (It also refuses a
+    mask that needs a gradient, so the fused path is inference's: under no_grad.)"""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.randn(1, 2, 16, 8)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q, q, q, attn_mask=torch.randn(1, 2, 16, 16))
+    except RuntimeError:
+        pytest.skip("this torch build has no fused CPU attention kernel with a float mask")
+    a = randomise_parameters(RelativeAttention(16, 16, head_dim=8, window=4))
+    t = torch.randn(2, 16, 16)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
+        out = a(t, 4, 4)
+    q, k, v = a._qkv(t)
+    A = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8) + a.bias(4, 4), dim=-1)
+    torch.testing.assert_close(out, a.proj((A @ v).transpose(1, 2).reshape(2, 16, 16)), rtol=1e-4, atol=1e-5)

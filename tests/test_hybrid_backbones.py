@@ -28,7 +28,8 @@ def test_window_contents():
     t = torch.arange(64.).reshape(1, 8, 8, 1)
     plain, dilated = hb.windows(t, 4)[0, :, :, 0], hb.windows(t, 4, dilated=True)[0, :, :, 0]
     assert plain[1].tolist() == [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31]  # top-right block
-    assert dilated[1].tolist() == [1, 3, 5, 7, 17, 19, 21, 23, 33, 35, 37, 39, 49, 51, 53, 55]  # rows 0,2,..; cols 1,3,..
+    # rows 0, 2, ..; columns 1, 3, ..
+    assert dilated[1].tolist() == [1, 3, 5, 7, 17, 19, 21, 23, 33, 35, 37, 39, 49, 51, 53, 55]
 
 
 def test_window_must_divide_the_map():

@@ -183,19 +183,3 @@ def test_bad_mixer_arguments_raise(bad, match):
     with pytest.raises(ValueError, match=match):
         pl.resnet18(width=16, **bad)
 
-
-def test_a_network_without_mixer_is_unchanged():
-    torch.manual_seed(0)
-    a = pl.resnet18(width=8)
-    torch.manual_seed(0)
-    b = pl.resnet18(width=8, mixer=None)
-    assert list(a.state_dict()) == list(b.state_dict())
-    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-
-
-def test_plug_site_before_stage_counts_stages_from_1_and_never_holds_outside_the_stages():
-    site = PlugSite("layer2.0", "block", 64, 128, 3, 2, stage=1, block=0, resolution=32)
-    assert [site.before_stage(f) for f in (1, 2, 3, 4)] == [False, False, True, True]
-    assert not site.child(stage=-1).before_stage(4)
-    with pytest.raises(ValueError, match="first_stage=0 must be >= 1"):
-        site.before_stage(0)

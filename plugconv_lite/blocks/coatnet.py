@@ -39,8 +39,8 @@ class RelativeAttention(nn.Module):
         A_h = softmax(q_h k_h^T / sqrt(d) + B_h),  B_h[i, j] = table_h[offset(i, j)],  out = proj(concat_h A_h v_h)
 
     The bias is added to the logits before the softmax (``F.scaled_dot_product_attention`` with a float
-    ``attn_mask`` of shape (1, heads, N, N): the fused kernels apply where the backend supports an additive mask). Offsets beyond
-    ``window - 1`` share the table's edge entries."""
+    ``attn_mask`` of shape (1, heads, N, N): the fused kernels apply where the backend supports an additive
+    mask). Offsets beyond ``window - 1`` share the table's edge entries."""
 
     def __init__(self, in_channels: int, out_channels: int, head_dim: int = 32, window: int = 8):
         super().__init__()

@@ -113,6 +113,14 @@ def build_conv(factory, site: PlugSite, kw: dict) -> nn.Module:
                    dilation=site.dilation, groups=site.groups, bias=site.bias, **kw)
 
 
+def build_attention(factory, site: PlugSite, kw: dict) -> Optional[nn.Module]:
+    """Build an attention-contract module for ``site`` (``from_site`` if the factory has one; it may decline: None),
+    on ``site.out_channels`` channels. Used for the ``attn=`` and the ``mixer=`` plug points."""
+    if hasattr(factory, "from_site"):
+        return factory.from_site(site, **kw)
+    return factory(site.out_channels, **kw)
+
+
 def plain_conv(site: PlugSite) -> nn.Conv2d:
     """The model's own conv at ``site`` (Kaiming-normal fan-out init, as torchvision's ResNet)."""
     conv = Conv2d(site.in_channels, site.out_channels, site.kernel_size, site.stride, site.padding, site.dilation,
@@ -165,11 +173,7 @@ class Plugs:
             raise ValueError(f"mixer= replaces a conv that keeps the shape (in_channels = out_channels, stride 1, "
                              f"groups 1); site {site.name} has {site.in_channels} -> {site.out_channels}, stride "
                              f"{site.stride}, groups {site.groups}")
-        kw = _kwargs(self.mixer_kw, site, "mixer_kw")
-        if hasattr(self.mixer_factory, "from_site"):
-            module = self.mixer_factory.from_site(site, **kw)
-        else:
-            module = self.mixer_factory(site.out_channels, **kw)
+        module = build_attention(self.mixer_factory, site, _kwargs(self.mixer_kw, site, "mixer_kw"))
         self.mixers += module is not None
         return module
 
@@ -183,9 +187,7 @@ class Plugs:
             module = self.attn_factory(site.out_channels, prev_channels=self._prev_attn_channels, **kw)
             self._prev_attn_channels = site.out_channels
             return module
-        if hasattr(self.attn_factory, "from_site"):
-            return self.attn_factory.from_site(site, **kw)
-        return self.attn_factory(site.out_channels, **kw)
+        return build_attention(self.attn_factory, site, kw)
 
     def block(self, site: PlugSite, **defaults) -> Optional[nn.Module]:
         """The plugged block for ``site``, or None for the model's own; ``defaults`` are the model's block

@@ -51,7 +51,8 @@ def test_output_is_x_reweighted_by_a_channel_weight_plus_a_spatial_weight(varian
     assert ((w_c > 0) & (w_c < 1)).all() and ((w_s > 0) & (w_s < 1)).all()
     torch.testing.assert_close(m(x), (w_c + w_s) * x)
     ratio = m(x) / x                                                   # rank-1 structure: channel + position
-    centred = ratio - ratio.mean(1, keepdim=True) - ratio.mean((2, 3), keepdim=True) + ratio.mean((1, 2, 3), keepdim=True)
+    centred = (ratio - ratio.mean(1, keepdim=True) - ratio.mean((2, 3), keepdim=True)
+               + ratio.mean((1, 2, 3), keepdim=True))
     assert centred.abs().max() < 1e-9
 
 

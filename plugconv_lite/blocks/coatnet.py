@@ -23,11 +23,12 @@ from ..registry import register
 
 
 @functools.lru_cache(maxsize=16)
-def relative_index(H: int, W: int, window: int) -> torch.Tensor:
+def relative_index(H: int, W: int, window: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """(H W, H W) indices into a (2 window - 1)^2 table: entry (i, j) is the table row of the offset from key j to
-    query i, (dy, dx), each clamped to [-(window - 1), window - 1]. Cached per map size (a CPU tensor, never
-    written to): building it costs more than the attention on large maps."""
-    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    query i, (dy, dx), each clamped to [-(window - 1), window - 1]. Cached per map size and device (a tensor never
+    written to): building it costs more than the attention on large maps, and a GPU forward does not copy it from
+    the host every call."""
+    ys, xs = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
     pos = torch.stack([ys.flatten(), xs.flatten()], dim=1)                    # (N, 2)
     d = (pos[:, None, :] - pos[None, :, :]).clamp(-(window - 1), window - 1) + window - 1
     return d[..., 0] * (2 * window - 1) + d[..., 1]
@@ -56,7 +57,7 @@ class RelativeAttention(nn.Module):
 
     def bias(self, H: int, W: int) -> torch.Tensor:
         """B, (heads, H W, H W)."""
-        return self.table[:, relative_index(H, W, self.window).to(self.table.device)]
+        return self.table[:, relative_index(H, W, self.window, self.table.device)]
 
     def _qkv(self, t: torch.Tensor):
         B, N, _ = t.shape
